@@ -1,0 +1,91 @@
+# nogil: the Makefile wraps `go` and the standalone C test runner; plain `go build ./...` and
+# `go test ./...` work without it.
+
+GO      ?= go
+CC      ?= gcc
+BUILD   ?= build
+
+CORE_SRC  := $(wildcard csrc/*.c)
+CORE_HDR  := $(wildcard csrc/*.h csrc/include/*.h csrc/include/nogil/*.h)
+CTEST_SRC := $(wildcard csrc/tests/*.c)
+CTEST_HDR := $(wildcard csrc/tests/*.h)
+
+CWARN   := -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter
+CINC    := -Icsrc/include -Icsrc
+CBASE   := $(CWARN) $(CINC) -g -pthread -fno-omit-frame-pointer
+TSAN    := -O1 -fsanitize=thread
+ASAN    := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+OPT     := -O2
+
+# Scale factor for the C stress tests (1 = the sizes the issue asks for).
+NG_TEST_SCALE ?= 1
+
+.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 ctest ctest-opt ctest-tsan \
+        ctest-asan bench lib clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+## test: everything CI runs (README's test command).
+test: vet gotest-race gotest-cgocheck2 ctest
+
+vet:
+	$(GO) vet ./...
+
+gotest:
+	$(GO) test ./...
+
+gotest-race:
+	$(GO) test -race -count=1 ./...
+
+gotest-cgocheck2:
+	GOEXPERIMENT=cgocheck2 $(GO) test -count=1 ./...
+
+## ctest: the standalone C runner, optimised and under both sanitizers.
+ctest: ctest-opt ctest-tsan ctest-asan
+
+$(BUILD)/ctest-opt: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CBASE) $(OPT) -o $@ $(CORE_SRC) $(CTEST_SRC)
+
+$(BUILD)/ctest-tsan: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CBASE) $(TSAN) -o $@ $(CORE_SRC) $(CTEST_SRC)
+
+$(BUILD)/ctest-asan: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CBASE) $(ASAN) -o $@ $(CORE_SRC) $(CTEST_SRC)
+
+ctest-opt: $(BUILD)/ctest-opt
+	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
+
+# halt_on_error: a report is a failure, not a warning.
+ctest-tsan: $(BUILD)/ctest-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
+
+ctest-asan: $(BUILD)/ctest-asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
+
+## bench: the main job for now, CPython's lockbench method against our peers.
+bench:
+	$(GO) run ./cmd/nogil lockbench
+
+## lib: libnogil.a and a pkg-config file for C users.
+lib: $(BUILD)/libnogil.a $(BUILD)/nogil.pc
+
+$(BUILD)/obj/%.o: csrc/%.c $(CORE_HDR)
+	@mkdir -p $(BUILD)/obj
+	$(CC) $(CWARN) $(CINC) $(OPT) -g -pthread -fPIC -c -o $@ $<
+
+$(BUILD)/libnogil.a: $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+	ar rcs $@ $^
+
+$(BUILD)/nogil.pc: nogil.pc.in
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(abspath .)|' -e 's|@LIBDIR@|$(abspath $(BUILD))|' $< > $@
+
+clean:
+	rm -rf $(BUILD)

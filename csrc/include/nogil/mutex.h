@@ -1,0 +1,103 @@
+/* ng_mutex: a one-byte mutex (CPython's PyMutex).
+ *
+ * Bits of `bits`: NG_LOCKED (bit 0) the mutex is held; NG_HAS_PARKED (bit 1) a thread may be
+ * parked on the byte, so unlock must go through the parking lot. The four states are 00
+ * unlocked, 01 locked, 10 unlocked with waiters (a woken waiter is about to retry), 11 locked
+ * with waiters. Zero-initialised = unlocked.
+ *
+ * Locking spins a bounded number of times on multi-core machines, then parks. A waiter that has
+ * waited longer than the hand-off threshold (1 ms) is handed the lock directly by the unlocker:
+ * the byte never shows "unlocked" in between, so a barging thread cannot take it. Otherwise
+ * the woken waiter competes with other lockers (barging keeps throughput high).
+ *
+ * Fork: a child must call ng_mutex_at_fork_reinit on every mutex it will use that a dead thread
+ * might hold. Thread exit: a mutex held by a thread that exits stays locked.
+ */
+#ifndef NOGIL_MUTEX_H
+#define NOGIL_MUTEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "atomic.h"
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    NG_UNLOCKED = 0,
+    NG_LOCKED = 1,
+    NG_HAS_PARKED = 2,
+};
+
+/* Default hand-off threshold: a waiter that has waited this long gets the lock directly. */
+#define NG_MUTEX_HANDOFF_NS INT64_C(1000000)
+
+typedef struct ng_mutex {
+    uint8_t bits;
+} ng_mutex;
+
+#define NG_MUTEX_INIT {0}
+
+/* Slow paths (lock.c). Timed lock: timeout < 0 forever, 0 try once, > 0 relative ns.
+ * Returns NG_OK, NG_TIMEOUT, NG_INTR, NG_CANCELLED or NG_EINVAL. */
+int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags);
+int ng_mutex_unlock_slow(ng_mutex *m);
+
+/* Locks, blocking (detached) as long as needed. NG_OK or NG_EINVAL. */
+static inline int ng_mutex_lock(ng_mutex *m)
+{
+    uint8_t expected = NG_UNLOCKED;
+    /* Acquire pairs with the release of the previous unlock. Go's fast path uses a seq-cst
+     * CAS on the containing word; a lock needs nothing stronger than acquire/release. */
+    if (m != NULL && ng_atomic_cas(&m->bits, &expected, NG_LOCKED, NG_ACQUIRE, NG_RELAXED))
+        return NG_OK;
+    return ng_mutex_lock_timed(m, -1, NG_WAIT_DETACH);
+}
+
+/* Takes the mutex if it is free (also when waiters are parked: try-lock may barge).
+ * Returns true on success; false if it is held or m is NULL. */
+static inline bool ng_mutex_trylock(ng_mutex *m)
+{
+    if (m == NULL)
+        return false;
+    uint8_t v = ng_atomic_load(&m->bits, NG_RELAXED);
+    while ((v & NG_LOCKED) == 0) {
+        if (ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_LOCKED), NG_ACQUIRE, NG_RELAXED))
+            return true;
+    }
+    return false;
+}
+
+/* Unlocks. NG_OK, NG_ENOTLOCKED (it was not locked: nothing changed) or NG_EINVAL. */
+static inline int ng_mutex_unlock(ng_mutex *m)
+{
+    uint8_t expected = NG_LOCKED;
+    /* Release: the critical section happens-before the next owner's acquire. */
+    if (m != NULL && ng_atomic_cas(&m->bits, &expected, NG_UNLOCKED, NG_RELEASE, NG_RELAXED))
+        return NG_OK;
+    return ng_mutex_unlock_slow(m);
+}
+
+static inline bool ng_mutex_is_locked(const ng_mutex *m)
+{
+    return (ng_atomic_load(&m->bits, NG_ACQUIRE) & NG_LOCKED) != 0;
+}
+
+/* Resets the mutex to unlocked without waking anybody. Only for the child of fork() (after
+ * ng_parking_lot_after_fork), or for memory nobody else can reach. */
+void ng_mutex_at_fork_reinit(ng_mutex *m);
+
+/* Sets the process-wide hand-off threshold in ns and returns the previous one. 0 hands off on
+ * every contended unlock; a negative value never hands off. For tests and tuning. */
+int64_t ng_mutex_set_handoff_ns(int64_t ns);
+
+/* Sets how many times a contended lock spins before parking (default: 40 on multi-core
+ * machines, 0 on one CPU) and returns the previous value. */
+int ng_mutex_set_spin_limit(int spins);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOGIL_MUTEX_H */

@@ -1,0 +1,3 @@
+module github.com/nogil-go/nogil
+
+go 1.24
