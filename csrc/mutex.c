@@ -1,0 +1,142 @@
+/* Slow paths of ng_mutex (bits and fast paths in nogil/mutex.h). */
+#include <sched.h>
+
+#include "internal.h"
+
+#define DEFAULT_SPINS 40
+
+static int64_t handoff_ns = NG_MUTEX_HANDOFF_NS;
+static int spin_limit = -1; /* -1: decide from the CPU count on first use */
+
+/* What a parked locker shares with the unlocker that wakes it (through park_arg). */
+typedef struct mutex_waiter {
+    int64_t fair_at;  /* once the clock passes this, the unlocker hands the lock over */
+    int handed_off;   /* set by the unlocker: the byte is already LOCKED on our behalf */
+} mutex_waiter;
+
+int64_t ng_mutex_set_handoff_ns(int64_t ns)
+{
+    return ng_atomic_exchange(&handoff_ns, ns, NG_RELAXED);
+}
+
+int ng_mutex_set_spin_limit(int spins)
+{
+    int previous = ng_atomic_exchange(&spin_limit, spins < 0 ? 0 : spins, NG_RELAXED);
+    return previous < 0 ? (ng_cpu_count() > 1 ? DEFAULT_SPINS : 0) : previous;
+}
+
+static int spins_allowed(void)
+{
+    int n = ng_atomic_load(&spin_limit, NG_RELAXED);
+    if (n < 0) {
+        /* On one CPU the holder cannot run while we spin: park at once. */
+        n = ng_cpu_count() > 1 ? DEFAULT_SPINS : 0;
+        ng_atomic_store(&spin_limit, n, NG_RELAXED);
+    }
+    return n;
+}
+
+void ng_mutex_at_fork_reinit(ng_mutex *m)
+{
+    if (m)
+        ng_atomic_store(&m->bits, NG_UNLOCKED, NG_RELAXED);
+}
+
+int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
+{
+    if (m == NULL || (flags & ~NG_WAIT_FLAGS_ALL))
+        return NG_EINVAL;
+
+    uint8_t v = ng_atomic_load(&m->bits, NG_RELAXED);
+    if ((v & NG_LOCKED) == 0) {
+        /* Keep HAS_PARKED: barging past parked waiters is allowed and keeps throughput. */
+        if (ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_LOCKED), NG_ACQUIRE, NG_RELAXED))
+            return NG_OK;
+    }
+    else if (timeout_ns == 0) {
+        return NG_TIMEOUT;
+    }
+
+    int64_t now = ng_monotonic_ns();
+    int64_t deadline = timeout_ns < 0 ? NG_DEADLINE_NEVER : ng_add_sat(now, timeout_ns);
+    int64_t handoff = ng_atomic_load(&handoff_ns, NG_RELAXED);
+    mutex_waiter w = {
+        .fair_at = handoff < 0 ? NG_DEADLINE_NEVER : ng_add_sat(now, handoff),
+        .handed_off = 0,
+    };
+    int spins = 0, max_spins = spins_allowed();
+
+    for (;;) {
+        if ((v & NG_LOCKED) == 0) {
+            if (ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_LOCKED), NG_ACQUIRE, NG_RELAXED))
+                return NG_OK;
+            continue;
+        }
+        if ((v & NG_HAS_PARKED) == 0 && spins < max_spins) {
+            /* Nobody sleeps yet, so the holder is probably running: give it the CPU
+             * briefly and look again. */
+            spins++;
+            sched_yield();
+            v = ng_atomic_load(&m->bits, NG_RELAXED);
+            continue;
+        }
+        int64_t remaining = timeout_ns < 0 ? -1 : ng_deadline_remaining(deadline);
+        if (remaining == 0)
+            return NG_TIMEOUT;
+        if ((v & NG_HAS_PARKED) == 0) {
+            /* Relaxed: the flag only routes the unlocker to the parking lot; the bucket
+             * lock orders our enqueue against its unpark. */
+            if (!ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_HAS_PARKED), NG_RELAXED,
+                               NG_RELAXED))
+                continue;
+            v |= NG_HAS_PARKED;
+        }
+        int r = ng_park(&m->bits, &v, 1, remaining, &w, flags);
+        if (r == NG_OK && w.handed_off) {
+            /* The unlocker set LOCKED for us; its release reached us through the
+             * semaphore post/wait, so its critical section happens-before ours. */
+            return NG_OK;
+        }
+        if (r == NG_CANCELLED)
+            return NG_CANCELLED;
+        if (r == NG_INTR && (flags & NG_WAIT_INTERRUPTIBLE))
+            return NG_INTR;
+        /* NG_OK without hand-off, NG_AGAIN, NG_TIMEOUT: look at the byte again; a timeout
+         * is reported above once no time remains and the lock is still held. */
+        v = ng_atomic_load(&m->bits, NG_RELAXED);
+    }
+}
+
+/* Runs under the bucket lock, so no parker can enqueue between our decision and the store. */
+static void mutex_unpark(void *arg, void *park_arg, int has_more_waiters)
+{
+    ng_mutex *m = arg;
+    mutex_waiter *w = park_arg;
+    uint8_t v = NG_UNLOCKED;
+    if (w) {
+        int fair = ng_monotonic_ns() >= w->fair_at;
+        w->handed_off = fair;
+        v = (uint8_t)((fair ? NG_LOCKED : 0) | (has_more_waiters ? NG_HAS_PARKED : 0));
+    }
+    /* Release: publishes the critical section to the next owner, be it the woken waiter
+     * (hand-off) or a barging locker (acquiring CAS). While the byte reads LOCKED|HAS_PARKED
+     * nobody else modifies it, so a plain store cannot lose an update. */
+    ng_atomic_store(&m->bits, v, NG_RELEASE);
+}
+
+int ng_mutex_unlock_slow(ng_mutex *m)
+{
+    if (m == NULL)
+        return NG_EINVAL;
+    uint8_t v = ng_atomic_load(&m->bits, NG_RELAXED);
+    for (;;) {
+        if ((v & NG_LOCKED) == 0)
+            return NG_ENOTLOCKED;
+        if (v & NG_HAS_PARKED) {
+            ng_unpark(&m->bits, mutex_unpark, m);
+            return NG_OK;
+        }
+        if (ng_atomic_cas(&m->bits, &v, NG_UNLOCKED, NG_RELEASE, NG_RELAXED))
+            return NG_OK;
+    }
+}
