@@ -196,7 +196,8 @@ int ng_park(const void *addr, const void *expected, size_t size, int64_t timeout
     return result;
 }
 
-int ng_unpark(const void *addr, ng_unpark_fn *fn, void *arg)
+/* Dequeues the first waiter on `addr` and runs the callback (either kind) under the lock. */
+static int unpark_one(const void *addr, ng_unpark_fn *fn, ng_unpark_ex_fn *fn_ex, void *arg)
 {
     if (addr == NULL)
         return NG_EINVAL;
@@ -209,12 +210,25 @@ int ng_unpark(const void *addr, ng_unpark_fn *fn, void *arg)
         dequeue(b, e);
         e->is_unparking = 1;
     }
+    void *park_arg = e ? e->park_arg : NULL;
     if (fn)
-        fn(arg, e ? e->park_arg : NULL, more);
+        fn(arg, park_arg, more);
+    else if (fn_ex)
+        fn_ex(arg, park_arg, e != NULL, more);
     ng_raw_mutex_unlock(&b->lock);
     if (e)
         ng_semaphore_post(&e->sema);
     return e != NULL;
+}
+
+int ng_unpark(const void *addr, ng_unpark_fn *fn, void *arg)
+{
+    return unpark_one(addr, fn, NULL, arg);
+}
+
+int ng_unpark_ex(const void *addr, ng_unpark_ex_fn *fn, void *arg)
+{
+    return unpark_one(addr, NULL, fn, arg);
 }
 
 int ng_unpark_all(const void *addr)

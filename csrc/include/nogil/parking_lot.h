@@ -46,6 +46,13 @@ typedef void ng_unpark_fn(void *arg, void *park_arg, int has_more_waiters);
  * parked, NG_EINVAL for a NULL address. */
 int ng_unpark(const void *addr, ng_unpark_fn *fn, void *arg);
 
+/* Like ng_unpark_fn, but told explicitly whether a thread was woken (`woken`): park_arg alone
+ * cannot say, because a parker may pass NULL as its park_arg. */
+typedef void ng_unpark_ex_fn(void *arg, void *park_arg, int woken, int has_more_waiters);
+
+/* ng_unpark with an ng_unpark_ex_fn callback. Same return values. */
+int ng_unpark_ex(const void *addr, ng_unpark_ex_fn *fn, void *arg);
+
 /* Wakes every thread parked on `addr`. Returns how many, or NG_EINVAL. */
 int ng_unpark_all(const void *addr);
 

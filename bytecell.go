@@ -1,0 +1,61 @@
+package nogil
+
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+// Go's sync/atomic has no 8-bit compare-and-swap, but the C locks keep their state in one
+// byte. A byteCell drives such a byte from Go with 32-bit atomics on the aligned word that
+// contains it: a CAS succeeds only if the whole word is unchanged, so the three neighbouring
+// bytes are written back exactly as they were, and a concurrent change to them only makes the
+// CAS retry. On the CPUs Go supports with cgo, a word-sized locked RMW and a byte-sized one on
+// the same cache line are atomic with respect to each other, so C's byte CAS and our word CAS
+// implement one protocol. The alternative, a per-architecture assembly CMPXCHGB, would be a
+// non-inlinable call on the fast path; this stays inlinable Go.
+type byteCell struct {
+	word  *uint32 // the aligned word holding the byte
+	shift uint32  // bit offset of the byte inside *word
+}
+
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+func newByteCell(p unsafe.Pointer) byteCell {
+	addr := uintptr(p)
+	index := uint32(addr & 3)
+	if !littleEndian {
+		index = 3 - index
+	}
+	return byteCell{
+		word:  (*uint32)(unsafe.Add(p, -int(addr&3))),
+		shift: index * 8,
+	}
+}
+
+func (c byteCell) load() uint8 {
+	return uint8(atomic.LoadUint32(c.word) >> c.shift)
+}
+
+// cas sets the byte from old to new if it holds old.
+func (c byteCell) cas(old, new uint8) bool {
+	for {
+		w := atomic.LoadUint32(c.word)
+		if uint8(w>>c.shift) != old {
+			return false
+		}
+		if atomic.CompareAndSwapUint32(c.word, w, w&^(0xff<<c.shift)|uint32(new)<<c.shift) {
+			return true
+		}
+	}
+}
+
+// casOnce is cas without the retry, for fast paths that fall back to a slow path anyway
+// (it stays small enough for the caller to be inlined).
+func (c byteCell) casOnce(old, new uint8) bool {
+	w := atomic.LoadUint32(c.word)
+	return uint8(w>>c.shift) == old &&
+		atomic.CompareAndSwapUint32(c.word, w, w&^(0xff<<c.shift)|uint32(new)<<c.shift)
+}

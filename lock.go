@@ -1,0 +1,171 @@
+package nogil
+
+/*
+#include "nogil.h"
+
+// One cgo call that installs a cancellation token around a timed lock.
+static int ng_go_mutex_lock(ng_mutex *m, int64_t timeout_ns, ng_cancel *token)
+{
+	ng_cancel *previous = ng_cancel_install(token);
+	int status = ng_mutex_lock_timed(m, timeout_ns, NG_WAIT_DETACH);
+	ng_cancel_install(previous);
+	return status;
+}
+*/
+import "C"
+
+import (
+	"context"
+	"time"
+	"unsafe"
+)
+
+const (
+	locked    = C.NG_LOCKED
+	hasParked = C.NG_HAS_PARKED
+)
+
+// goSpins is how many times Lock re-checks the byte in Go before taking the cgo slow path
+// (about 65 ns a call here, longer than a short critical section).
+const goSpins = 64
+
+// A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
+// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock and Unlock are
+// Go atomics; a contended Lock spins briefly, then parks the calling OS thread in the C
+// parking lot. A waiter that has waited more than 1 ms is handed the lock directly on
+// unlock, so no locker starves.
+//
+// Create one with NewMutex (or wrap C memory with MutexAt) and Close it when done. Unlike
+// sync.Mutex, the zero value is not usable. Like sync.Mutex, it is not reentrant and may be
+// unlocked by a goroutine other than the one that locked it.
+type Mutex struct {
+	_    noCopy
+	cell byteCell
+	c    *C.ng_mutex
+	mem  cMemory
+}
+
+// NewMutex returns an unlocked Mutex in freshly allocated C memory.
+func NewMutex() *Mutex {
+	m := &Mutex{}
+	m.init(allocFor(m, "Mutex"))
+	return m
+}
+
+// MutexAt wraps the ng_mutex at p, which must point to C memory that stays valid while the
+// Mutex is used (for example a field of a C struct). Close does not free it.
+func MutexAt(p unsafe.Pointer) *Mutex {
+	m := &Mutex{}
+	m.init(borrow(p, "Mutex"))
+	return m
+}
+
+func (m *Mutex) init(mem cMemory) {
+	m.mem, m.c, m.cell = mem, (*C.ng_mutex)(mem.p), newByteCell(mem.p)
+}
+
+// CPtr returns the ng_mutex* that C code can lock and unlock.
+func (m *Mutex) CPtr() unsafe.Pointer { return unsafe.Pointer(m.c) }
+
+// Lock locks m, waiting as long as needed.
+func (m *Mutex) Lock() {
+	if m.cell.word == nil || !m.cell.casOnce(0, locked) {
+		m.lockSlow()
+	}
+}
+
+func (m *Mutex) lockSlow() {
+	m.check()
+	for i := 0; i < goSpins; i++ {
+		if v := m.cell.load(); v&locked == 0 && m.cell.cas(v, v|locked) {
+			return
+		}
+	}
+	C.ng_mutex_lock_timed(m.c, -1, C.NG_WAIT_DETACH)
+}
+
+// TryLock locks m if it is free and reports whether it did. Like the C try-lock it may take
+// the lock ahead of parked waiters.
+func (m *Mutex) TryLock() bool {
+	m.check()
+	for {
+		v := m.cell.load()
+		if v&locked != 0 {
+			return false
+		}
+		if m.cell.cas(v, v|locked) {
+			return true
+		}
+	}
+}
+
+// LockTimeout locks m, waiting at most d, and reports whether it did. d <= 0 is TryLock.
+func (m *Mutex) LockTimeout(d time.Duration) bool {
+	if m.TryLock() {
+		return true
+	}
+	if d <= 0 {
+		return false
+	}
+	return C.ng_mutex_lock_timed(m.c, C.int64_t(d), C.NG_WAIT_DETACH) == C.NG_OK
+}
+
+// LockContext locks m unless ctx is done first; then it returns ctx.Err() and m is not
+// locked. The waiting thread is woken by the cancellation itself, not by polling.
+func (m *Mutex) LockContext(ctx context.Context) error {
+	if m.TryLock() {
+		return nil
+	}
+	if ctx.Done() == nil {
+		m.Lock()
+		return nil
+	}
+	status := waitContext(ctx, func(token *C.ng_cancel) C.int {
+		return C.ng_go_mutex_lock(m.c, -1, token)
+	})
+	if status == C.NG_OK {
+		return nil
+	}
+	return ctx.Err()
+}
+
+// Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
+func (m *Mutex) Unlock() {
+	if m.cell.word == nil || !m.cell.casOnce(locked, 0) {
+		m.unlockSlow()
+	}
+}
+
+func (m *Mutex) unlockSlow() {
+	m.check()
+	if C.ng_mutex_unlock_slow(m.c) == C.NG_ENOTLOCKED {
+		panic("nogil: unlock of unlocked Mutex")
+	}
+}
+
+// IsLocked reports whether m is locked right now (a snapshot).
+func (m *Mutex) IsLocked() bool {
+	m.check()
+	return m.cell.load()&locked != 0
+}
+
+// Close frees the memory of a Mutex made by NewMutex. It fails with ErrLocked if m is held
+// or has waiters. Using m after Close panics.
+func (m *Mutex) Close() error {
+	if m.c != nil && m.cell.load() != 0 {
+		return ErrLocked
+	}
+	if err := m.mem.close(); err != nil {
+		return err
+	}
+	m.c, m.cell = nil, byteCell{}
+	return nil
+}
+
+func (m *Mutex) check() { m.mem.mustOpen("Mutex") }
+
+// noCopy makes go vet's copylocks check flag copies of lock values.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}

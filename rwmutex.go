@@ -1,0 +1,113 @@
+package nogil
+
+// #include "nogil.h"
+import "C"
+
+import (
+	"sync/atomic"
+	"unsafe"
+)
+
+const (
+	rwWriter    = uintptr(C.NG_WRITE_LOCKED)
+	rwParked    = uintptr(C.NG_RWMUTEX_PARKED)
+	rwOneReader = uintptr(1) << C.NG_RWMUTEX_READER_SHIFT
+)
+
+// An RWMutex is a writer-preferring readers-writer lock in one word of C memory (CPython's
+// _PyRWMutex): once a writer waits, new readers wait behind it. Uncontended RLock, RUnlock,
+// Lock and Unlock are Go atomics on the same word C code uses (CPtr). Not reentrant: a
+// goroutine that holds a read lock must not RLock again while a writer may be waiting.
+type RWMutex struct {
+	_    noCopy
+	bits *uintptr
+	c    *C.ng_rwmutex
+	mem  cMemory
+}
+
+// NewRWMutex returns an unlocked RWMutex in freshly allocated C memory.
+func NewRWMutex() *RWMutex {
+	rw := &RWMutex{}
+	rw.init(allocFor(rw, "RWMutex"))
+	return rw
+}
+
+// RWMutexAt wraps the ng_rwmutex at p in C memory; Close does not free it.
+func RWMutexAt(p unsafe.Pointer) *RWMutex {
+	rw := &RWMutex{}
+	rw.init(borrow(p, "RWMutex"))
+	return rw
+}
+
+func (rw *RWMutex) init(mem cMemory) {
+	rw.mem, rw.c = mem, (*C.ng_rwmutex)(mem.p)
+	rw.bits = (*uintptr)(unsafe.Pointer(&rw.c.bits))
+}
+
+// CPtr returns the ng_rwmutex* for C code.
+func (rw *RWMutex) CPtr() unsafe.Pointer { return unsafe.Pointer(rw.c) }
+
+// RLock locks rw for reading.
+func (rw *RWMutex) RLock() {
+	rw.mem.mustOpen("RWMutex")
+	if b := atomic.LoadUintptr(rw.bits); b&(rwWriter|rwParked) != 0 ||
+		!atomic.CompareAndSwapUintptr(rw.bits, b, b+rwOneReader) {
+		C.ng_rwmutex_rlock(rw.c)
+	}
+}
+
+// TryRLock read-locks rw if no writer holds or waits for it, and reports whether it did.
+func (rw *RWMutex) TryRLock() bool {
+	rw.mem.mustOpen("RWMutex")
+	return bool(C.ng_rwmutex_tryrlock(rw.c))
+}
+
+// RUnlock undoes one RLock. It panics if rw is not read-locked, as sync.RWMutex does.
+func (rw *RWMutex) RUnlock() {
+	rw.mem.mustOpen("RWMutex")
+	// Only the last reader out with waiters parked needs C (to wake them).
+	b := atomic.LoadUintptr(rw.bits)
+	if b/rwOneReader > 1 || (b >= rwOneReader && b&rwParked == 0) {
+		if atomic.CompareAndSwapUintptr(rw.bits, b, b-rwOneReader) {
+			return
+		}
+	}
+	if C.ng_rwmutex_runlock(rw.c) == C.NG_ENOTLOCKED {
+		panic("nogil: RUnlock of unlocked RWMutex")
+	}
+}
+
+// Lock locks rw for writing.
+func (rw *RWMutex) Lock() {
+	rw.mem.mustOpen("RWMutex")
+	if !atomic.CompareAndSwapUintptr(rw.bits, 0, rwWriter) {
+		C.ng_rwmutex_lock(rw.c)
+	}
+}
+
+// TryLock write-locks rw if it is free and reports whether it did.
+func (rw *RWMutex) TryLock() bool {
+	rw.mem.mustOpen("RWMutex")
+	return bool(C.ng_rwmutex_trylock(rw.c))
+}
+
+// Unlock undoes Lock. It panics if rw is not write-locked, as sync.RWMutex does.
+func (rw *RWMutex) Unlock() {
+	rw.mem.mustOpen("RWMutex")
+	if !atomic.CompareAndSwapUintptr(rw.bits, rwWriter, 0) &&
+		C.ng_rwmutex_unlock(rw.c) == C.NG_ENOTLOCKED {
+		panic("nogil: Unlock of unlocked RWMutex")
+	}
+}
+
+// Close frees the memory of an RWMutex made by NewRWMutex; ErrLocked if it is held.
+func (rw *RWMutex) Close() error {
+	if rw.c != nil && atomic.LoadUintptr(rw.bits) != 0 {
+		return ErrLocked
+	}
+	if err := rw.mem.close(); err != nil {
+		return err
+	}
+	rw.c, rw.bits = nil, nil
+	return nil
+}
