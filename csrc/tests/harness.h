@@ -48,22 +48,25 @@ int harness_failures(void);
 #define CHECK(cond)                                                                     \
     ((cond) ? true : (harness_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond), false))
 
-/* Integer comparison; both sides are evaluated once and printed on failure. */
-#define CHECK_CMP(a, op, b)                                                             \
+/* Integer comparison; both sides are evaluated once and printed on failure. The text is
+ * stringified here, before macro expansion, so messages show the expressions as written. */
+#define CHECK_CMP(a, op, b) CHECK_CMP_TEXT(a, op, b, #a, #op, #b)
+#define CHECK_EQ(a, b) CHECK_CMP_TEXT(a, ==, b, #a, "==", #b)
+#define CHECK_NE(a, b) CHECK_CMP_TEXT(a, !=, b, #a, "!=", #b)
+#define CHECK_LT(a, b) CHECK_CMP_TEXT(a, <, b, #a, "<", #b)
+#define CHECK_LE(a, b) CHECK_CMP_TEXT(a, <=, b, #a, "<=", #b)
+#define CHECK_GT(a, b) CHECK_CMP_TEXT(a, >, b, #a, ">", #b)
+#define CHECK_GE(a, b) CHECK_CMP_TEXT(a, >=, b, #a, ">=", #b)
+
+#define CHECK_CMP_TEXT(a, op, b, a_text, op_text, b_text)                               \
     __extension__({                                                                     \
         long long check_a_ = (long long)(a), check_b_ = (long long)(b);                 \
         bool check_ok_ = check_a_ op check_b_;                                          \
         if (!check_ok_)                                                                 \
-            harness_fail(__FILE__, __LINE__, "CHECK(%s %s %s) failed: %lld vs %lld", #a, \
-                         #op, #b, check_a_, check_b_);                                  \
+            harness_fail(__FILE__, __LINE__, "CHECK(%s %s %s) failed: %lld vs %lld",     \
+                         a_text, op_text, b_text, check_a_, check_b_);                  \
         check_ok_;                                                                      \
     })
-#define CHECK_EQ(a, b) CHECK_CMP(a, ==, b)
-#define CHECK_NE(a, b) CHECK_CMP(a, !=, b)
-#define CHECK_LT(a, b) CHECK_CMP(a, <, b)
-#define CHECK_LE(a, b) CHECK_CMP(a, <=, b)
-#define CHECK_GT(a, b) CHECK_CMP(a, >, b)
-#define CHECK_GE(a, b) CHECK_CMP(a, >=, b)
 
 /* A nogil status code; the failure message names both codes (ng_strerror). */
 #define CHECK_STATUS(expr, expected)                                                    \

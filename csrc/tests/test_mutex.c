@@ -1,0 +1,437 @@
+/* ng_mutex: CPython's test_lock.c scenarios with real checks, misuse codes, fair hand-off,
+ * and the timeout-versus-hand-off race (R15). */
+#define _GNU_SOURCE
+#include "harness.h"
+
+static uint8_t mutex_byte(ng_mutex *m) { return ng_atomic_load(&m->bits, NG_SEQ_CST); }
+
+/* ---- Basics ---------------------------------------------------------------------------------- */
+
+TEST(mutex_basic_byte_values)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    CHECK_EQ(mutex_byte(&m), 0);
+    CHECK(!ng_mutex_is_locked(&m));
+    CHECK_STATUS(ng_mutex_lock(&m), NG_OK);
+    CHECK_EQ(mutex_byte(&m), 1); /* exactly LOCKED, no stray bits */
+    CHECK(ng_mutex_is_locked(&m));
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_EQ(mutex_byte(&m), 0);
+    CHECK(!ng_mutex_is_locked(&m));
+}
+
+TEST(mutex_invalid_arguments)
+{
+    CHECK_STATUS(ng_mutex_lock(NULL), NG_EINVAL);
+    CHECK_STATUS(ng_mutex_lock_timed(NULL, -1, 0), NG_EINVAL);
+    CHECK_STATUS(ng_mutex_lock_timed(NULL, 0, 0), NG_EINVAL);
+    CHECK_STATUS(ng_mutex_unlock(NULL), NG_EINVAL);
+    CHECK_STATUS(ng_mutex_unlock_slow(NULL), NG_EINVAL);
+    CHECK(!ng_mutex_trylock(NULL));
+    ng_mutex m = NG_MUTEX_INIT;
+    CHECK_STATUS(ng_mutex_lock_timed(&m, -1, 0x100), NG_EINVAL);
+    CHECK_EQ(mutex_byte(&m), 0); /* the invalid call did nothing */
+}
+
+TEST(mutex_unlock_of_unlocked_is_reported)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_ENOTLOCKED);
+    CHECK_EQ(mutex_byte(&m), 0);
+    /* "Unlocked, a woken waiter is about to retry" is not locked either; the waiter bit must
+     * survive the failed unlock. */
+    m.bits = NG_HAS_PARKED;
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_ENOTLOCKED);
+    CHECK_EQ(mutex_byte(&m), NG_HAS_PARKED);
+    /* A double unlock is caught too. */
+    m.bits = 0;
+    CHECK_STATUS(ng_mutex_lock(&m), NG_OK);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_ENOTLOCKED);
+    CHECK_EQ(mutex_byte(&m), 0);
+}
+
+TEST(mutex_trylock)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    CHECK(ng_mutex_trylock(&m));
+    CHECK_EQ(mutex_byte(&m), 1);
+    CHECK(!ng_mutex_trylock(&m));
+    int64_t start = now_ns();
+    CHECK_STATUS(ng_mutex_lock_timed(&m, 0, 0), NG_TIMEOUT); /* 0: try once */
+    CHECK_LT(elapsed_ms_since(start), 100);
+    CHECK_EQ(mutex_byte(&m), 1);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_STATUS(ng_mutex_lock_timed(&m, 0, 0), NG_OK);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+
+    /* Try-lock may barge past (apparent) waiters: unlocked-with-waiters becomes locked-with-
+     * waiters, and the unlock then goes through the parking lot, which finds nobody. */
+    m.bits = NG_HAS_PARKED;
+    CHECK(ng_mutex_trylock(&m));
+    CHECK_EQ(mutex_byte(&m), NG_LOCKED | NG_HAS_PARKED);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_EQ(mutex_byte(&m), 0);
+}
+
+TEST(mutex_lock_timed_timeout_honoured)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    CHECK_STATUS(ng_mutex_lock(&m), NG_OK);
+    /* ng_mutex has no owner, so this thread can wait on its own lock for the timeout. */
+    int64_t start = now_ns();
+    CHECK_STATUS(ng_mutex_lock_timed(&m, 20 * NG_NS_PER_MS, 0), NG_TIMEOUT);
+    int64_t waited = now_ns() - start;
+    CHECK_GE(waited, 20 * NG_NS_PER_MS);
+    CHECK_LT(waited, 520 * NG_NS_PER_MS);
+    /* Still held (by us), perhaps with a stale waiter bit; the unlock clears everything. */
+    CHECK(ng_mutex_is_locked(&m));
+    CHECK_EQ(ng_parking_lot_waiters(&m.bits), 0);
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_EQ(mutex_byte(&m), 0);
+}
+
+struct timed_locker {
+    ng_mutex *m;
+    int64_t timeout_ns;
+    int flags;
+    ng_cancel *cancel;
+    int result;
+    int done;
+};
+
+static void *timed_locker_main(void *p)
+{
+    struct timed_locker *tl = p;
+    ng_cancel *previous = tl->cancel ? ng_cancel_install(tl->cancel) : NULL;
+    int rc = ng_mutex_lock_timed(tl->m, tl->timeout_ns, tl->flags);
+    if (tl->cancel)
+        ng_cancel_install(previous);
+    if (rc == NG_OK)
+        ng_mutex_unlock(tl->m);
+    ng_atomic_store(&tl->result, rc, NG_SEQ_CST);
+    ng_atomic_store(&tl->done, 1, NG_SEQ_CST);
+    return NULL;
+}
+
+TEST(mutex_lock_timed_acquires_when_released_in_time)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    ng_mutex_lock(&m);
+    struct timed_locker tl = {.m = &m, .timeout_ns = 10 * NG_NS_PER_SEC};
+    pthread_t t = spawn_thread(timed_locker_main, &tl);
+    CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&m.bits) == 1, PATIENCE_MS));
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    join_thread(t);
+    CHECK_STATUS(tl.result, NG_OK);
+    CHECK_EQ(mutex_byte(&m), 0);
+}
+
+TEST(mutex_lock_timed_cancelled)
+{
+    ng_mutex m = NG_MUTEX_INIT;
+    ng_cancel token = NG_CANCEL_INIT;
+    ng_mutex_lock(&m);
+    struct timed_locker tl = {.m = &m, .timeout_ns = -1, .cancel = &token};
+    pthread_t t = spawn_thread(timed_locker_main, &tl);
+    CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&m.bits) == 1, PATIENCE_MS));
+    ng_cancel_fire(&token);
+    CHECK(WAIT_UNTIL(ng_atomic_load(&tl.done, NG_SEQ_CST), PATIENCE_MS));
+    if (!ng_atomic_load(&tl.done, NG_SEQ_CST))
+        ng_mutex_unlock(&m);
+    join_thread(t);
+    CHECK_STATUS(tl.result, NG_CANCELLED);
+    /* The cancelled locker took nothing: we still hold it, and unlocking leaves it free. */
+    CHECK(ng_mutex_is_locked(&m));
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+    CHECK_EQ(mutex_byte(&m), 0);
+}
+
+TEST(mutex_at_fork_reinit_zeroes)
+{
+    ng_mutex m = {NG_LOCKED | NG_HAS_PARKED};
+    ng_mutex_at_fork_reinit(&m);
+    CHECK_EQ(mutex_byte(&m), 0);
+    m.bits = NG_LOCKED;
+    ng_mutex_at_fork_reinit(&m);
+    CHECK_EQ(mutex_byte(&m), 0);
+    ng_mutex_at_fork_reinit(NULL); /* tolerated, like the other NULL cases */
+    CHECK(ng_mutex_trylock(&m));
+    CHECK_STATUS(ng_mutex_unlock(&m), NG_OK);
+}
+
+/* ---- test_lock_two_threads ------------------------------------------------------------------ */
+
+struct two_threads {
+    ng_mutex m;
+    int started;
+    int byte_while_holding;
+    int byte_after_unlock;
+    int done;
+};
+
+static void *two_threads_worker(void *p)
+{
+    struct two_threads *tt = p;
+    ng_atomic_store(&tt->started, 1, NG_SEQ_CST);
+    ng_mutex_lock(&tt->m);
+    ng_atomic_store(&tt->byte_while_holding, mutex_byte(&tt->m), NG_SEQ_CST);
+    ng_mutex_unlock(&tt->m);
+    ng_atomic_store(&tt->byte_after_unlock, mutex_byte(&tt->m), NG_SEQ_CST);
+    ng_atomic_store(&tt->done, 1, NG_SEQ_CST);
+    return NULL;
+}
+
+TEST(mutex_two_threads)
+{
+    struct two_threads tt = {.byte_while_holding = -1, .byte_after_unlock = -1};
+    ng_mutex_lock(&tt.m);
+    pthread_t t = spawn_thread(two_threads_worker, &tt);
+    CHECK(WAIT_UNTIL(ng_atomic_load(&tt.started, NG_SEQ_CST), PATIENCE_MS));
+
+    /* While the worker tries to lock, the byte may only read LOCKED or LOCKED|HAS_PARKED,
+     * and it must reach the latter: a blocked locker announces itself and parks. */
+    bool reached_parked = false;
+    int64_t start = now_ns();
+    while (elapsed_ms_since(start) < 2000) {
+        uint8_t v = mutex_byte(&tt.m);
+        if (!CHECK(v == NG_LOCKED || v == (NG_LOCKED | NG_HAS_PARKED)))
+            break;
+        if (v == (NG_LOCKED | NG_HAS_PARKED)) {
+            reached_parked = true;
+            break;
+        }
+        sleep_ms(1);
+    }
+    CHECK(reached_parked);
+    CHECK(!ng_atomic_load(&tt.done, NG_SEQ_CST));
+
+    CHECK_STATUS(ng_mutex_unlock(&tt.m), NG_OK);
+    join_thread(t);
+    CHECK_EQ(tt.byte_while_holding, NG_LOCKED);
+    CHECK_EQ(tt.byte_after_unlock, 0);
+    CHECK_EQ(mutex_byte(&tt.m), 0);
+}
+
+/* ---- test_lock_counter / test_lock_counter_slow -------------------------------------------- */
+
+struct counter_scene {
+    ng_mutex m;
+    long counter; /* plain: the mutex is the only protection (TSan checks it too) */
+    int iterations;
+    int sleep_every; /* 0: never sleep while holding */
+};
+
+static void *counter_worker(void *p)
+{
+    struct counter_scene *cs = p;
+    for (int i = 0; i < cs->iterations; i++) {
+        ng_mutex_lock(&cs->m);
+        long seen = cs->counter;
+        if (cs->sleep_every && i % cs->sleep_every == 0)
+            sleep_ms(2); /* waiters pass the 1 ms fairness threshold: hand-off path */
+        cs->counter = seen + 1;
+        ng_mutex_unlock(&cs->m);
+    }
+    return NULL;
+}
+
+static void run_counter_scene(struct counter_scene *cs, int threads)
+{
+    pthread_t t[16];
+    for (int i = 0; i < threads; i++)
+        t[i] = spawn_thread(counter_worker, cs);
+    for (int i = 0; i < threads; i++)
+        join_thread(t[i]);
+}
+
+TEST(mutex_counter)
+{
+    struct counter_scene cs = {.iterations = 10000};
+    run_counter_scene(&cs, 5);
+    CHECK_EQ(cs.counter, 50000);
+    CHECK_EQ(mutex_byte(&cs.m), 0);
+}
+
+TEST(mutex_counter_slow)
+{
+    struct counter_scene cs = {.iterations = 100, .sleep_every = 7};
+    run_counter_scene(&cs, 5);
+    CHECK_EQ(cs.counter, 500);
+    CHECK_EQ(mutex_byte(&cs.m), 0);
+}
+
+/* ---- Fair hand-off --------------------------------------------------------------------------- */
+
+struct handoff_scene {
+    ng_mutex m;
+    int acquired;
+    int release;
+};
+
+static void *handoff_locker(void *p)
+{
+    struct handoff_scene *hs = p;
+    ng_mutex_lock(&hs->m);
+    ng_atomic_store(&hs->acquired, 1, NG_SEQ_CST);
+    SPIN_UNTIL(ng_atomic_load(&hs->release, NG_SEQ_CST));
+    ng_mutex_unlock(&hs->m);
+    return NULL;
+}
+
+/* T0 (this thread) holds the lock, T1 parks on it and waits > 1 ms, T0 unlocks and at once
+ * tries to take it back. Returns whether that try-lock succeeded; *byte_after_unlock is the
+ * lock byte right after the unlock. */
+static bool handoff_round(uint8_t *byte_after_unlock)
+{
+    struct handoff_scene hs = {0};
+    ng_mutex_lock(&hs.m);
+    pthread_t t1 = spawn_thread(handoff_locker, &hs);
+    /* Parked, not merely flagged: an unlock before the park would find nobody to hand to. */
+    CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&hs.m.bits) == 1, PATIENCE_MS));
+    sleep_ms(3); /* T1 has now waited longer than the 1 ms threshold */
+    CHECK_STATUS(ng_mutex_unlock(&hs.m), NG_OK);
+    *byte_after_unlock = mutex_byte(&hs.m);
+    bool barged = ng_mutex_trylock(&hs.m);
+    if (barged) {
+        /* Mutual exclusion still holds: T1 cannot have it while we do. */
+        CHECK(!ng_atomic_load(&hs.acquired, NG_SEQ_CST));
+        CHECK_STATUS(ng_mutex_unlock(&hs.m), NG_OK);
+    }
+    CHECK(WAIT_UNTIL(ng_atomic_load(&hs.acquired, NG_SEQ_CST), PATIENCE_MS));
+    ng_atomic_store(&hs.release, 1, NG_SEQ_CST);
+    join_thread(t1);
+    CHECK_EQ(mutex_byte(&hs.m), 0);
+    return barged;
+}
+
+TEST(mutex_fair_handoff_to_long_waiter)
+{
+    uint8_t byte_after_unlock;
+    bool barged = handoff_round(&byte_after_unlock);
+    /* The lock went straight to T1: it never looked free, so our try-lock failed. */
+    CHECK(!barged);
+    CHECK_EQ(byte_after_unlock & NG_LOCKED, NG_LOCKED);
+}
+
+TEST(mutex_no_handoff_below_threshold)
+{
+    /* Control: with a 10 s threshold T1 is not "starving", the unlock frees the byte and our
+     * immediate try-lock wins. T1 could legitimately win that race after a quick wake-up,
+     * so a few rounds are allowed; one barge proves there was no hand-off. */
+    int64_t previous = ng_mutex_set_handoff_ns(10 * NG_NS_PER_SEC);
+    CHECK_EQ(previous, NG_MUTEX_HANDOFF_NS);
+    bool barged = false;
+    for (int attempt = 0; attempt < 10 && !barged; attempt++) {
+        uint8_t byte_after_unlock;
+        barged = handoff_round(&byte_after_unlock);
+    }
+    CHECK(barged);
+    CHECK_EQ(ng_mutex_set_handoff_ns(previous), 10 * NG_NS_PER_SEC);
+}
+
+/* ---- R15: timed lock racing with a hand-off ------------------------------------------------- */
+
+struct r15_scene {
+    ng_mutex m;
+    int owners; /* plain on purpose: a second owner is a data race TSan reports */
+    long rounds_per_locker;
+    int lockers_done;
+    int stop;
+    long acquired;
+    long timed_out;
+};
+
+static void enter_critical(struct r15_scene *s)
+{
+    if (s->owners != 0)
+        harness_fail(__FILE__, __LINE__, "mutex acquired while owned (owners=%d)", s->owners);
+    s->owners = 1;
+}
+
+static void leave_critical(struct r15_scene *s)
+{
+    if (s->owners != 1)
+        harness_fail(__FILE__, __LINE__, "owner count changed while held (owners=%d)",
+                     s->owners);
+    s->owners = 0;
+}
+
+/* Holds the lock for about the timed lockers' timeout, again and again. */
+static void *r15_holder(void *p)
+{
+    struct r15_scene *s = p;
+    set_tight_timer_slack();
+    while (!ng_atomic_load(&s->stop, NG_ACQUIRE)) {
+        /* Timed, so that a lock orphaned by a timed-out waiter shows up as a failure
+         * within seconds instead of a hang. */
+        int rc = ng_mutex_lock_timed(&s->m, 5 * NG_NS_PER_SEC, NG_WAIT_DETACH);
+        if (rc != NG_OK) {
+            harness_fail(__FILE__, __LINE__, "holder could not lock for 5 s: %d (%s), byte %d",
+                         rc, ng_strerror(rc), mutex_byte(&s->m));
+            ng_atomic_store(&s->stop, 1, NG_RELEASE);
+            break;
+        }
+        enter_critical(s);
+        sleep_us(1000);
+        leave_critical(s);
+        ng_mutex_unlock(&s->m);
+    }
+    return NULL;
+}
+
+static void *r15_timed_locker(void *p)
+{
+    struct r15_scene *s = p;
+    uint64_t rng = (uint64_t)(uintptr_t)&rng | 1;
+    long acquired = 0, timed_out = 0;
+    set_tight_timer_slack();
+    for (long i = 0; i < s->rounds_per_locker && !ng_atomic_load(&s->stop, NG_ACQUIRE); i++) {
+        int rc = ng_mutex_lock_timed(&s->m, NG_NS_PER_MS, 0);
+        if (rc == NG_OK) {
+            /* NG_OK must mean "this thread owns the lock", hand-off or not. */
+            acquired++;
+            enter_critical(s);
+            leave_critical(s);
+            ng_mutex_unlock(&s->m);
+        } else if (rc == NG_TIMEOUT) {
+            timed_out++;
+        } else {
+            harness_fail(__FILE__, __LINE__, "timed lock returned %d (%s)", rc, ng_strerror(rc));
+            break;
+        }
+        /* Vary the phase against the holder's 1 ms period. */
+        sleep_us((int64_t)(rng_next(&rng) % 200));
+    }
+    ng_atomic_fetch_add(&s->acquired, acquired, NG_RELAXED);
+    ng_atomic_fetch_add(&s->timed_out, timed_out, NG_RELAXED);
+    return NULL;
+}
+
+TEST(mutex_timed_lock_races_with_handoff_R15)
+{
+    enum { LOCKERS = 2 };
+    static struct r15_scene s;
+    s = (struct r15_scene){.rounds_per_locker = scaled(5000)};
+    /* Every contended unlock hands off, so every timeout races with a possible hand-off. */
+    int64_t previous = ng_mutex_set_handoff_ns(0);
+    pthread_t holder = spawn_thread(r15_holder, &s);
+    pthread_t lockers[LOCKERS];
+    for (int i = 0; i < LOCKERS; i++)
+        lockers[i] = spawn_thread(r15_timed_locker, &s);
+    for (int i = 0; i < LOCKERS; i++)
+        join_thread(lockers[i]);
+    ng_atomic_store(&s.stop, 1, NG_RELEASE);
+    join_thread(holder);
+    ng_mutex_set_handoff_ns(previous);
+
+    /* Nothing is left owned by nobody, and nobody is left parked. */
+    CHECK_EQ(mutex_byte(&s.m), 0);
+    CHECK_EQ(ng_parking_lot_waiters(&s.m.bits), 0);
+    CHECK(ng_mutex_trylock(&s.m));
+    CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
+    /* Both outcomes happened, so the race was actually run. */
+    CHECK_GT(s.acquired, 0);
+    if (s.rounds_per_locker >= 1000)
+        CHECK_GT(s.timed_out, 0);
+}
