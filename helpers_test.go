@@ -1,0 +1,112 @@
+package nogil_test
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Keep the main OS thread for the main goroutine: a test goroutine that exits while locked to
+// its thread then terminates a pthread of its own instead of wedging the main thread (see
+// go-ecosystem.md §2d), and thread-bound C state never leaks into the test runner.
+func init() { runtime.LockOSThread() }
+
+// deadline is a watchdog: if the test is still running after d, the process panics with a
+// dump of every goroutine. Threads asleep in C cannot be interrupted, so a hang would
+// otherwise last until go test's own -timeout.
+func deadline(t testing.TB, d time.Duration) {
+	t.Helper()
+	name := t.Name()
+	timer := time.AfterFunc(d, func() {
+		buf := make([]byte, 4<<20)
+		n := runtime.Stack(buf, true)
+		panic(fmt.Sprintf("watchdog: %s still running after %v; goroutines:\n%s", name, d, buf[:n]))
+	})
+	t.Cleanup(func() { timer.Stop() })
+}
+
+// waitFor polls cond every millisecond until it holds or timeout passes, and reports whether
+// it held.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(timeout); ; time.Sleep(time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
+}
+
+// goLocked runs f in a new goroutine locked to its own OS thread (so that the thread is
+// exclusively f's while it blocks in C) and returns a channel closed when f returns.
+func goLocked(f func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		f()
+	}()
+	return done
+}
+
+// recoverPanic calls f and returns the panic message ("" and false if f did not panic).
+func recoverPanic(f func()) (msg string, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg, panicked = fmt.Sprint(r), true
+		}
+	}()
+	f()
+	return "", false
+}
+
+// mustPanicNogil fails the test unless f panics with a message starting with "nogil:".
+func mustPanicNogil(t testing.TB, what string, f func()) {
+	t.Helper()
+	msg, panicked := recoverPanic(f)
+	if !panicked {
+		t.Errorf("%s: did not panic", what)
+		return
+	}
+	if !strings.HasPrefix(msg, "nogil:") {
+		t.Errorf("%s: panic message %q does not start with \"nogil:\"", what, msg)
+	}
+}
+
+// closer is any nogil lock wrapper.
+type closer interface{ Close() error }
+
+// closeOK closes c at the end of the test and reports an error from Close.
+func closeOK(t testing.TB, c closer) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+}
+
+// waitGoroutines waits (up to 5 s) until at most n goroutines exist and returns the count.
+func waitGoroutines(n int) int {
+	var now int
+	waitFor(5*time.Second, func() bool {
+		runtime.GC() // lets finished goroutines be accounted for sooner
+		now = runtime.NumGoroutine()
+		return now <= n
+	})
+	return now
+}
+
+// within waits for ch up to d and reports whether it was closed or received from.
+func within[T any](ch <-chan T, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
