@@ -45,8 +45,15 @@ void harness_fail(const char *file, int line, const char *fmt, ...)
 /* Number of failures recorded so far in the running test. */
 int harness_failures(void);
 
+/* Each check is an expression whose value is whether it held, so a test can react to a
+ * failure (e.g. skip steps that would only hang) without losing the report. */
 #define CHECK(cond)                                                                     \
-    ((cond) ? true : (harness_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond), false))
+    __extension__({                                                                     \
+        bool check_ok_ = (cond);                                                        \
+        if (!check_ok_)                                                                 \
+            harness_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond);                \
+        check_ok_;                                                                      \
+    })
 
 /* Integer comparison; both sides are evaluated once and printed on failure. The text is
  * stringified here, before macro expansion, so messages show the expressions as written. */

@@ -6,6 +6,7 @@
  *   build/ctest-opt mutex fork      run tests whose names contain "mutex" or "fork"
  *   build/ctest-opt --list          print the test names
  *   NG_TEST_SCALE=0.1 build/...     shrink the stress loops (fractions allowed)
+ *   NG_TEST_WATCHDOG_S=300 build/... per-test hang limit in seconds (default 60 x scale)
  */
 #define _GNU_SOURCE
 #include "harness.h"
@@ -232,6 +233,8 @@ static pthread_cond_t watchdog_cond = PTHREAD_COND_INITIALIZER;
 static const char *watched_test;   /* NULL between tests */
 static int64_t watched_deadline_ns;
 static int64_t watchdog_limit_s;
+/* Tallies, shared with the watchdog so an aborted run still ends with its summary line. */
+static int tests_passed, tests_failed;
 
 static void *watchdog_main(void *unused)
 {
@@ -242,6 +245,8 @@ static void *watchdog_main(void *unused)
             printf("FAIL %s\n", watched_test);
             printf("    watchdog: the test ran longer than %lld s (hung?); aborting the run\n",
                    (long long)watchdog_limit_s);
+            printf("%d passed, %d failed\n", ng_atomic_load(&tests_passed, NG_SEQ_CST),
+                   ng_atomic_load(&tests_failed, NG_SEQ_CST) + 1);
             fflush(stdout);
             _exit(2);
         }
@@ -288,12 +293,15 @@ int main(int argc, char **argv)
         return 0;
     }
 
-    /* Bigger scales make stress loops longer; the hang limit grows with them. */
+    /* Bigger scales make stress loops longer; the hang limit grows with them.
+     * NG_TEST_WATCHDOG_S overrides it (slow machines, debugging a hang). */
     double scale = test_scale();
     watchdog_limit_s = (int64_t)(60 * (scale > 1 ? scale : 1));
+    const char *limit_env = getenv("NG_TEST_WATCHDOG_S");
+    if (limit_env != NULL && atoll(limit_env) > 0)
+        watchdog_limit_s = atoll(limit_env);
     spawn_thread(watchdog_main, NULL);
 
-    int passed = 0, failed = 0;
     for (int i = 0; i < test_count; i++) {
         if (!selected(tests[i].name, argc, argv))
             continue;
@@ -305,12 +313,13 @@ int main(int argc, char **argv)
         watch(NULL);
         if (harness_failures() == 0) {
             printf("ok %s (%lld ms)\n", tests[i].name, (long long)ms);
-            passed++;
+            ng_atomic_fetch_add(&tests_passed, 1, NG_SEQ_CST);
         } else {
             printf("FAIL %s\n", tests[i].name);
-            failed++;
+            ng_atomic_fetch_add(&tests_failed, 1, NG_SEQ_CST);
         }
     }
+    int passed = tests_passed, failed = tests_failed;
     printf("%d passed, %d failed\n", passed, failed);
     if (passed + failed == 0) {
         /* A misspelt filter must not look like a green run. */
