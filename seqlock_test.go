@@ -1,0 +1,164 @@
+package nogil_test
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/nogil-go/nogil"
+	"github.com/nogil-go/nogil/internal/ctest"
+)
+
+// One writer stores a pair (k, 2k) in C memory, one word at a time, with a delay between the
+// two stores; two readers read it optimistically. A reader must never accept a torn pair.
+func TestSeqLockReadersNeverAcceptTornPairs(t *testing.T) {
+	deadline(t, 60*time.Second)
+	s := nogil.NewSeqLock()
+	closeOK(t, s)
+	mem := ctest.Alloc(16)
+	defer ctest.Free(mem)
+	x, y := (*uint64)(mem), (*uint64)(unsafe.Add(mem, 8))
+	const writes = 20000
+
+	var stop atomic.Bool
+	var wg, ready sync.WaitGroup
+	var acceptedTotal atomic.Int64
+	var accepted, retried, tornSeen [2]int
+	for r := 0; r < 2; r++ {
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			ready.Done()
+			for !stop.Load() {
+				seq := s.BeginRead()
+				if seq&1 != 0 {
+					t.Errorf("BeginRead returned odd sequence %d", seq)
+					return
+				}
+				a, b := atomic.LoadUint64(x), atomic.LoadUint64(y)
+				if s.Retry(seq) {
+					retried[r]++
+					if b != 2*a {
+						tornSeen[r]++ // correctly rejected: shows that torn reads do happen here
+					}
+					continue
+				}
+				accepted[r]++
+				acceptedTotal.Add(1)
+				if b != 2*a {
+					t.Errorf("reader %d accepted a torn pair (%d, %d) at sequence %d", r, a, b, seq)
+					return
+				}
+			}
+		}()
+	}
+	ready.Wait()
+	// Write at least `writes` times, and until the readers have done some work alongside.
+	var spin atomic.Uint64
+	start := time.Now()
+	k := uint64(0)
+	for k < writes || (acceptedTotal.Load() < 4000 && time.Since(start) < 10*time.Second) {
+		k++
+		s.BeginWrite()
+		atomic.StoreUint64(x, k)
+		for i := 0; i < 32; i++ { // widen the window between the two stores
+			spin.Add(1)
+		}
+		atomic.StoreUint64(y, 2*k)
+		s.EndWrite()
+	}
+	stop.Store(true)
+	wg.Wait()
+	if seq := s.BeginRead(); seq != uint32(2*k) {
+		t.Errorf("final sequence = %d, want %d", seq, 2*k)
+	}
+	t.Logf("%d writes; readers: accepted %v, retried %v (of which torn %v)", k, accepted, retried, tornSeen)
+	if acceptedTotal.Load() == 0 {
+		t.Error("readers never completed a read")
+	}
+}
+
+// Writers exclude each other: a non-atomic counter in C memory updated only inside
+// BeginWrite/EndWrite is exact.
+func TestSeqLockWritersExcludeEachOther(t *testing.T) {
+	deadline(t, 30*time.Second)
+	s := nogil.NewSeqLock()
+	closeOK(t, s)
+	counter := cCounter(t)
+	const writers, iters = 4, 5000
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < iters; i++ {
+				s.BeginWrite()
+				incr(counter)
+				s.EndWrite()
+			}
+		}()
+	}
+	wg.Wait()
+	if *counter != writers*iters {
+		t.Errorf("counter = %d, want %d", *counter, writers*iters)
+	}
+	if seq := ctest.Load32(s.CPtr()); seq != 2*writers*iters {
+		t.Errorf("sequence = %d, want %d", seq, 2*writers*iters)
+	}
+}
+
+func TestSeqLockAbandonWrite(t *testing.T) {
+	s := nogil.NewSeqLock()
+	closeOK(t, s)
+	seq := s.BeginRead()
+	s.BeginWrite()
+	if !s.Retry(seq) {
+		t.Error("Retry false while a write is in progress")
+	}
+	s.AbandonWrite()
+	if s.Retry(seq) {
+		t.Error("Retry true after an abandoned write")
+	}
+	if got := ctest.Load32(s.CPtr()); got != seq {
+		t.Errorf("sequence after AbandonWrite = %d, want %d", got, seq)
+	}
+	s.BeginWrite()
+	s.EndWrite()
+	if !s.Retry(seq) {
+		t.Error("Retry false after a completed write")
+	}
+}
+
+func TestSeqLockMisuse(t *testing.T) {
+	s := nogil.NewSeqLock()
+	closeOK(t, s)
+	mustPanicNogil(t, "EndWrite without BeginWrite", s.EndWrite)
+	mustPanicNogil(t, "AbandonWrite without BeginWrite", s.AbandonWrite)
+	if seq := ctest.Load32(s.CPtr()); seq != 0 {
+		t.Errorf("sequence after misuse = %d, want 0", seq)
+	}
+	s.BeginWrite()
+	s.EndWrite()
+	mustPanicNogil(t, "second EndWrite", s.EndWrite)
+	if seq := ctest.Load32(s.CPtr()); seq != 2 {
+		t.Errorf("sequence = %d, want 2", seq)
+	}
+}
+
+func TestSeqLockClose(t *testing.T) {
+	s := nogil.NewSeqLock()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); !errors.Is(err, nogil.ErrClosed) {
+		t.Errorf("second Close = %v, want ErrClosed", err)
+	}
+	mustPanicNogil(t, "BeginWrite after Close", s.BeginWrite)
+	mustPanicNogil(t, "EndWrite after Close", s.EndWrite)
+	mustPanicNogil(t, "BeginRead after Close", func() { s.BeginRead() })
+	mustPanicNogil(t, "SeqLockAt(nil)", func() { nogil.SeqLockAt(nil) })
+}
