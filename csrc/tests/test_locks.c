@@ -603,10 +603,17 @@ static void *seqlock_writer(void *p)
         k++;
         ng_seqlock_write_begin(&s->lock);
         ng_atomic_store(&s->first, k, NG_RELAXED);
+        /* Widen the half-written window, so that a reader that fails to notice the write
+         * (a broken retry check) actually gets to see a torn pair. */
+        for (int spin = 0; spin < 20; spin++)
+            ng_cpu_relax();
         ng_atomic_store(&s->second, 2 * k, NG_RELAXED);
         ng_seqlock_write_end(&s->lock);
         if (k == 1)
             ng_atomic_store(&s->writing, 1, NG_RELEASE);
+        /* ... and leave readers room to finish between writes. */
+        for (int spin = 0; spin < 100; spin++)
+            ng_cpu_relax();
     }
     s->writes = (long)k;
     return NULL;
@@ -624,6 +631,8 @@ static void *seqlock_reader(void *p)
         do {
             seq = ng_seqlock_read_begin(&s->lock);
             a = ng_atomic_load(&s->first, NG_RELAXED);
+            for (long spin = i & 15; spin > 0; spin--) /* likewise, a varying gap */
+                ng_cpu_relax();
             b = ng_atomic_load(&s->second, NG_RELAXED);
         } while (ng_seqlock_read_retry(&s->lock, seq));
         if ((b != 2 * a || a < last_first) && bad++ < 5)

@@ -439,6 +439,7 @@ static void *round_tag(int round) { return (void *)(uintptr_t)((uintptr_t)round 
 static void record_delivery(void *arg, void *park_arg, int has_more_waiters)
 {
     struct timeout_race *race = arg;
+    (void)has_more_waiters;
     ng_atomic_store(&race->delivered, park_arg, NG_RELAXED);
 }
 
@@ -625,6 +626,7 @@ static void *cancel_race_canceller(void *p)
 static void record_cancel_race_delivery(void *arg, void *park_arg, int has_more_waiters)
 {
     struct cancel_race *race = arg;
+    (void)has_more_waiters;
     ng_atomic_store(&race->delivered, park_arg, NG_RELAXED);
 }
 
