@@ -134,6 +134,8 @@ int ng_park(const void *addr, const void *expected, size_t size, int64_t timeout
     if (cancel && ng_atomic_load(&cancel->fired, NG_ACQUIRE))
         return NG_CANCELLED;
 
+    /* The timeout counts from the call, not from after the block hooks ran. */
+    int64_t deadline = ng_deadline_after(timeout_ns);
     bucket *b = bucket_for(addr);
     wait_entry e = {.addr = addr, .park_arg = park_arg};
 
@@ -169,7 +171,6 @@ int ng_park(const void *addr, const void *expected, size_t size, int64_t timeout
             cookie = hooks->before_block();
     }
 
-    int64_t deadline = ng_deadline_after(timeout_ns);
     int result = ng_semaphore_wait_until(&e.sema, deadline, flags & NG_WAIT_INTERRUPTIBLE);
     if (result != NG_OK || cancel) {
         ng_raw_mutex_lock(&b->lock);
@@ -274,7 +275,8 @@ void ng_parking_lot_after_fork(void)
     /* Every entry belongs to a thread that does not exist in the child, and a bucket lock may
      * have been held by one: start from the zero state. */
     memset(buckets, 0, sizeof buckets);
-    current_cancel = NULL;
+    /* The surviving thread's installed token (if any) stays: it is not parked, so the token
+     * points at no entry, and its owner still expects it to work. */
 }
 
 /* ---- Cancellation ---------------------------------------------------------------------- */

@@ -8,16 +8,21 @@ static uintptr_t readers(uintptr_t bits)
     return bits >> NG_RWMUTEX_READER_SHIFT;
 }
 
-/* Sets the parked bit and sleeps until the word changes; returns a fresh value. */
-static uintptr_t wait_for_change(ng_rwmutex *rw, uintptr_t bits)
+/* Sets the parked bit and sleeps until the word changes; *bits gets a fresh value. Returns
+ * NG_CANCELLED if the calling thread's cancellation token fired, else NG_OK. */
+static int wait_for_change(ng_rwmutex *rw, uintptr_t *bits)
 {
-    if ((bits & NG_RWMUTEX_PARKED) == 0) {
-        if (!ng_atomic_cas(&rw->bits, &bits, bits | NG_RWMUTEX_PARKED, NG_RELAXED, NG_RELAXED))
-            return bits;
-        bits |= NG_RWMUTEX_PARKED;
+    uintptr_t b = *bits;
+    if ((b & NG_RWMUTEX_PARKED) == 0) {
+        if (!ng_atomic_cas(&rw->bits, &b, b | NG_RWMUTEX_PARKED, NG_RELAXED, NG_RELAXED)) {
+            *bits = b;
+            return NG_OK;
+        }
+        b |= NG_RWMUTEX_PARKED;
     }
-    ng_park(&rw->bits, &bits, sizeof bits, -1, NULL, NG_WAIT_DETACH);
-    return ng_atomic_load(&rw->bits, NG_RELAXED);
+    int r = ng_park(&rw->bits, &b, sizeof b, -1, NULL, NG_WAIT_DETACH);
+    *bits = ng_atomic_load(&rw->bits, NG_RELAXED);
+    return r == NG_CANCELLED ? NG_CANCELLED : NG_OK;
 }
 
 int ng_rwmutex_rlock(ng_rwmutex *rw)
@@ -27,8 +32,10 @@ int ng_rwmutex_rlock(ng_rwmutex *rw)
     uintptr_t bits = ng_atomic_load(&rw->bits, NG_RELAXED);
     for (;;) {
         /* A parked bit may mean a waiting writer: new readers queue behind it. */
-        if (bits & (NG_WRITE_LOCKED | NG_RWMUTEX_PARKED))
-            bits = wait_for_change(rw, bits);
+        if (bits & (NG_WRITE_LOCKED | NG_RWMUTEX_PARKED)) {
+            if (wait_for_change(rw, &bits) == NG_CANCELLED)
+                return NG_CANCELLED;
+        }
         else if (ng_atomic_cas(&rw->bits, &bits, bits + ONE_READER, NG_ACQUIRE, NG_RELAXED))
             return NG_OK;
     }
@@ -74,8 +81,8 @@ int ng_rwmutex_lock(ng_rwmutex *rw)
             if (ng_atomic_cas(&rw->bits, &bits, bits | NG_WRITE_LOCKED, NG_ACQUIRE, NG_RELAXED))
                 return NG_OK;
         }
-        else {
-            bits = wait_for_change(rw, bits);
+        else if (wait_for_change(rw, &bits) == NG_CANCELLED) {
+            return NG_CANCELLED;
         }
     }
 }

@@ -45,7 +45,8 @@ typedef struct ng_mutex {
 int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags);
 int ng_mutex_unlock_slow(ng_mutex *m);
 
-/* Locks, blocking (detached) as long as needed. NG_OK or NG_EINVAL. */
+/* Locks, blocking (detached) as long as needed. NG_OK or NG_EINVAL; NG_CANCELLED (lock not
+ * taken) only if the calling thread installed an ng_cancel token and it fired. */
 static inline int ng_mutex_lock(ng_mutex *m)
 {
     uint8_t expected = NG_UNLOCKED;

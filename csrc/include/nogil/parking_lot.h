@@ -64,7 +64,9 @@ void ng_parking_lot_after_fork(void);
 
 /* ---- Cancellation ----------------------------------------------------------------------
  * A token that a thread installs for a span of code; while installed, any park of that
- * thread returns NG_CANCELLED as soon as the token fires (also if it fired before the park).
+ * thread returns NG_CANCELLED as soon as the token fires (also if it fired before the park),
+ * and so does every blocking lock or wait call built on the lot: they give up without taking
+ * the lock. The token survives fork() in the thread that forked.
  * ng_cancel_fire may be called from any thread, any number of times. Go's LockContext and
  * WaitContext use this. The token must outlive the span in which it is installed. */
 typedef struct ng_cancel {

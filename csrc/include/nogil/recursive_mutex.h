@@ -25,7 +25,8 @@ typedef struct ng_recursive_mutex {
 
 #define NG_RECURSIVE_MUTEX_INIT {NG_MUTEX_INIT, 0, 0}
 
-/* NG_OK or NG_EINVAL; blocks detached. */
+/* NG_OK or NG_EINVAL; blocks detached. NG_CANCELLED (not taken) if the calling thread's
+ * installed ng_cancel token fired. */
 int ng_recursive_mutex_lock(ng_recursive_mutex *m);
 /* Timed variant: NG_OK, NG_TIMEOUT, NG_INTR, NG_CANCELLED or NG_EINVAL. */
 int ng_recursive_mutex_lock_timed(ng_recursive_mutex *m, int64_t timeout_ns, int flags);

@@ -28,7 +28,8 @@ typedef struct ng_rwmutex {
 #define NG_RWMUTEX_INIT {0}
 
 /* Blocking calls wait detached. All return NG_OK or NG_EINVAL; unlocks may also return
- * NG_ENOTLOCKED (the lock was not held that way; nothing changed). */
+ * NG_ENOTLOCKED (the lock was not held that way; nothing changed), and locks NG_CANCELLED
+ * (not taken) if the calling thread's installed ng_cancel token fired. */
 int ng_rwmutex_rlock(ng_rwmutex *rw);
 int ng_rwmutex_runlock(ng_rwmutex *rw);
 int ng_rwmutex_lock(ng_rwmutex *rw);
