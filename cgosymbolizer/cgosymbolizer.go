@@ -5,6 +5,7 @@ package cgosymbolizer
 /*
 #cgo CFLAGS: -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer
 #cgo LDFLAGS: -ldl
+#cgo nogil_libdw LDFLAGS: -ldw -lelf -lpthread
 
 #include <stdint.h>
 #include "cgosymbolizer.h"
