@@ -1,0 +1,5 @@
+//go:build !nogil_libdw
+
+package cgosymbolizer
+
+const libdwBuild = false

@@ -1,0 +1,5 @@
+//go:build !race
+
+package cgosymbolizer
+
+const raceBuild = false
