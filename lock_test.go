@@ -539,9 +539,11 @@ func TestMutexNoHandOffBeforeThreshold(t *testing.T) {
 	for try := 0; try < 20 && !barged; try++ {
 		m.Lock()
 		got := make(chan struct{})
+		release := make(chan struct{})
 		done := goLocked(func() {
 			m.Lock()
 			close(got)
+			<-release // hold it, so that got means "holds it now"
 			m.Unlock()
 		})
 		waitParked(t, p, 1)
@@ -551,11 +553,12 @@ func TestMutexNoHandOffBeforeThreshold(t *testing.T) {
 			barged = true
 			select {
 			case <-got:
-				t.Fatal("the waiter holds the mutex while TryLock also succeeded")
+				t.Error("the waiter holds the mutex while TryLock also succeeded")
 			default:
 			}
 			m.Unlock()
 		}
+		close(release)
 		if !within(got, 10*time.Second) {
 			t.Fatal("the waiter never got the mutex")
 		}
