@@ -697,6 +697,16 @@ func TestSetLeakHandler(t *testing.T) {
 	for _, kind := range []string{"Mutex", "Event", "Once", "RWMutex", "SeqLock", "RecursiveMutex"} {
 		t.Run(kind, func(t *testing.T) {
 			prefix := kind + " " // "Mutex " does not match "RecursiveMutex ..."
+			// Let wrappers leaked earlier (by a failed test) report first.
+			runtime.GC()
+			runtime.GC()
+			for drained := false; !drained; {
+				select {
+				case <-reports:
+				case <-time.After(20 * time.Millisecond):
+					drained = true
+				}
+			}
 			closeOne(t, kind)
 			leakOne(kind)
 			seen := 0
