@@ -29,6 +29,7 @@ type Event struct {
 	cell byteCell
 	c    *C.ng_event
 	mem  cMemory
+	race raceEdge
 }
 
 // NewEvent returns an unset Event in freshly allocated C memory.
@@ -55,6 +56,7 @@ func (e *Event) CPtr() unsafe.Pointer { return unsafe.Pointer(e.c) }
 // Set sets the event and wakes every waiter. Setting a set event does nothing.
 func (e *Event) Set() {
 	e.mem.mustOpen("Event")
+	e.race.release()
 	if !e.cell.casOnce(0, eventSet) { // waiters may be parked: let C wake them
 		C.ng_event_notify(e.c)
 	}
@@ -63,13 +65,18 @@ func (e *Event) Set() {
 // IsSet reports whether the event has been set.
 func (e *Event) IsSet() bool {
 	e.mem.mustOpen("Event")
-	return e.cell.load() == eventSet
+	if e.cell.load() != eventSet {
+		return false
+	}
+	e.race.acquire()
+	return true
 }
 
 // Wait blocks until the event is set.
 func (e *Event) Wait() {
 	if !e.IsSet() {
 		C.ng_event_wait(e.c)
+		e.race.acquire()
 	}
 }
 
@@ -81,7 +88,7 @@ func (e *Event) WaitTimeout(d time.Duration) bool {
 	if d <= 0 {
 		return false
 	}
-	return C.ng_event_wait_timed(e.c, C.int64_t(d), C.NG_WAIT_DETACH) == C.NG_OK
+	return C.ng_event_wait_timed(e.c, C.int64_t(d), C.NG_WAIT_DETACH) == C.NG_OK && e.IsSet()
 }
 
 // WaitContext waits until the event is set (nil) or ctx is done (ctx.Err()).
@@ -97,6 +104,7 @@ func (e *Event) WaitContext(ctx context.Context) error {
 		return C.ng_go_event_wait(e.c, -1, token)
 	})
 	if status == C.NG_OK {
+		e.race.acquire()
 		return nil
 	}
 	return ctx.Err()

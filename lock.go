@@ -43,6 +43,7 @@ type Mutex struct {
 	cell byteCell
 	c    *C.ng_mutex
 	mem  cMemory
+	race raceEdge
 }
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
@@ -72,6 +73,7 @@ func (m *Mutex) Lock() {
 	if m.cell.word == nil || !m.cell.casOnce(0, locked) {
 		m.lockSlow()
 	}
+	m.race.acquire()
 }
 
 func (m *Mutex) lockSlow() {
@@ -94,6 +96,7 @@ func (m *Mutex) TryLock() bool {
 			return false
 		}
 		if m.cell.cas(v, v|locked) {
+			m.race.acquire()
 			return true
 		}
 	}
@@ -107,7 +110,11 @@ func (m *Mutex) LockTimeout(d time.Duration) bool {
 	if d <= 0 {
 		return false
 	}
-	return C.ng_mutex_lock_timed(m.c, C.int64_t(d), C.NG_WAIT_DETACH) == C.NG_OK
+	if C.ng_mutex_lock_timed(m.c, C.int64_t(d), C.NG_WAIT_DETACH) != C.NG_OK {
+		return false
+	}
+	m.race.acquire()
+	return true
 }
 
 // LockContext locks m unless ctx is done first; then it returns ctx.Err() and m is not
@@ -124,6 +131,7 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 		return C.ng_go_mutex_lock(m.c, -1, token)
 	})
 	if status == C.NG_OK {
+		m.race.acquire()
 		return nil
 	}
 	return ctx.Err()
@@ -131,6 +139,7 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 
 // Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
 func (m *Mutex) Unlock() {
+	m.race.release()
 	if m.cell.word == nil || !m.cell.casOnce(locked, 0) {
 		m.unlockSlow()
 	}

@@ -16,6 +16,7 @@ type Once struct {
 	cell byteCell
 	c    *C.ng_once
 	mem  cMemory
+	race raceEdge
 }
 
 // NewOnce returns a Once in freshly allocated C memory.
@@ -42,7 +43,11 @@ func (o *Once) CPtr() unsafe.Pointer { return unsafe.Pointer(o.c) }
 // Done reports whether an initialiser has succeeded.
 func (o *Once) Done() bool {
 	o.mem.mustOpen("Once")
-	return o.cell.load() == onceDone
+	if o.cell.load() != onceDone {
+		return false
+	}
+	o.race.acquire()
+	return true
 }
 
 // Do calls f unless a previous call succeeded, and returns f's error (nil if it was not
@@ -54,6 +59,7 @@ func (o *Once) Do(f func() error) error {
 	// Uncontended start without cgo; otherwise C waits for the running initialiser.
 	if !o.cell.casOnce(0, locked) {
 		if C.ng_once_begin(o.c) != 1 {
+			o.race.acquire()
 			return nil // done by another caller meanwhile
 		}
 	}
@@ -66,6 +72,9 @@ func (o *Once) Do(f func() error) error {
 	}()
 	err := f()
 	succeeded = err == nil
+	if succeeded {
+		o.race.release()
+	}
 	return err
 }
 

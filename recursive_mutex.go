@@ -14,9 +14,10 @@ import (
 // Unlock; an Unlock from another thread panics. Every call is one cgo call (the owner check
 // needs the C thread id).
 type RecursiveMutex struct {
-	_   noCopy
-	c   *C.ng_recursive_mutex
-	mem cMemory
+	_    noCopy
+	c    *C.ng_recursive_mutex
+	mem  cMemory
+	race raceEdge
 }
 
 // NewRecursiveMutex returns an unlocked RecursiveMutex in freshly allocated C memory.
@@ -44,6 +45,7 @@ func (m *RecursiveMutex) CPtr() unsafe.Pointer { return unsafe.Pointer(m.c) }
 func (m *RecursiveMutex) Lock() {
 	m.mem.mustOpen("RecursiveMutex")
 	C.ng_recursive_mutex_lock(m.c)
+	m.race.acquire()
 }
 
 // LockTimeout is Lock waiting at most d; it reports whether the caller now holds m.
@@ -52,13 +54,18 @@ func (m *RecursiveMutex) LockTimeout(d time.Duration) bool {
 	if d < 0 {
 		d = 0
 	}
-	return C.ng_recursive_mutex_lock_timed(m.c, C.int64_t(d), C.NG_WAIT_DETACH) == C.NG_OK
+	if C.ng_recursive_mutex_lock_timed(m.c, C.int64_t(d), C.NG_WAIT_DETACH) != C.NG_OK {
+		return false
+	}
+	m.race.acquire()
+	return true
 }
 
 // Unlock removes one level, unlocking m at the last one. It panics if the calling OS thread
 // does not hold m.
 func (m *RecursiveMutex) Unlock() {
 	m.mem.mustOpen("RecursiveMutex")
+	m.race.release()
 	if C.ng_recursive_mutex_unlock(m.c) == C.NG_ENOTOWNER {
 		panic("nogil: RecursiveMutex unlocked by an OS thread that does not hold it " +
 			"(lock and unlock under runtime.LockOSThread)")

@@ -23,6 +23,9 @@ type RWMutex struct {
 	bits *uintptr
 	c    *C.ng_rwmutex
 	mem  cMemory
+	// Race-build edges: a writer's Unlock to later readers and writers, readers' RUnlock to
+	// later writers.
+	fromWriter, fromReaders raceEdge
 }
 
 // NewRWMutex returns an unlocked RWMutex in freshly allocated C memory.
@@ -54,17 +57,23 @@ func (rw *RWMutex) RLock() {
 		!atomic.CompareAndSwapUintptr(rw.bits, b, b+rwOneReader) {
 		C.ng_rwmutex_rlock(rw.c)
 	}
+	rw.fromWriter.acquire()
 }
 
 // TryRLock read-locks rw if no writer holds or waits for it, and reports whether it did.
 func (rw *RWMutex) TryRLock() bool {
 	rw.mem.mustOpen("RWMutex")
-	return bool(C.ng_rwmutex_tryrlock(rw.c))
+	if !C.ng_rwmutex_tryrlock(rw.c) {
+		return false
+	}
+	rw.fromWriter.acquire()
+	return true
 }
 
 // RUnlock undoes one RLock. It panics if rw is not read-locked, as sync.RWMutex does.
 func (rw *RWMutex) RUnlock() {
 	rw.mem.mustOpen("RWMutex")
+	rw.fromReaders.release()
 	// Only the last reader out with waiters parked needs C (to wake them).
 	b := atomic.LoadUintptr(rw.bits)
 	if b/rwOneReader > 1 || (b >= rwOneReader && b&rwParked == 0) {
@@ -83,17 +92,25 @@ func (rw *RWMutex) Lock() {
 	if !atomic.CompareAndSwapUintptr(rw.bits, 0, rwWriter) {
 		C.ng_rwmutex_lock(rw.c)
 	}
+	rw.fromWriter.acquire()
+	rw.fromReaders.acquire()
 }
 
 // TryLock write-locks rw if it is free and reports whether it did.
 func (rw *RWMutex) TryLock() bool {
 	rw.mem.mustOpen("RWMutex")
-	return bool(C.ng_rwmutex_trylock(rw.c))
+	if !C.ng_rwmutex_trylock(rw.c) {
+		return false
+	}
+	rw.fromWriter.acquire()
+	rw.fromReaders.acquire()
+	return true
 }
 
 // Unlock undoes Lock. It panics if rw is not write-locked, as sync.RWMutex does.
 func (rw *RWMutex) Unlock() {
 	rw.mem.mustOpen("RWMutex")
+	rw.fromWriter.release()
 	if !atomic.CompareAndSwapUintptr(rw.bits, rwWriter, 0) &&
 		C.ng_rwmutex_unlock(rw.c) == C.NG_ENOTLOCKED {
 		panic("nogil: Unlock of unlocked RWMutex")

@@ -538,7 +538,6 @@ func runSync(threads, cs int, d time.Duration) (result, error) {
 // puts it; only the handle sits next to the protected double. race is empty outside race
 // builds; it comes first because a zero-size last field would add padding.
 type nogilShared struct {
-	race  raceEdge
 	stop  atomic.Bool
 	_     [200]byte
 	mu    *nogil.Mutex
@@ -556,14 +555,12 @@ func runNogilGo(threads, cs int, d time.Duration) (res result, err error) {
 		my, n := 1.0, int64(0)
 		for !s.stop.Load() {
 			s.mu.Lock()
-			s.race.acquired()
 			v := s.value
 			for range cs {
 				v += my
 				my = v
 			}
 			s.value = v
-			s.race.releasing()
 			s.mu.Unlock()
 			n++
 		}
