@@ -20,7 +20,7 @@ OPT     := -O2
 # Scale factor for the C stress tests (1 = the sizes the issue asks for).
 NG_TEST_SCALE ?= 1
 
-.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 ctest ctest-opt ctest-tsan \
+.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw ctest ctest-opt ctest-tsan \
         ctest-asan bench lib clean
 
 all: build
@@ -29,7 +29,7 @@ build:
 	$(GO) build ./...
 
 ## test: everything CI runs (README's test command).
-test: vet gotest-race gotest-cgocheck2 ctest
+test: vet gotest-race gotest-cgocheck2 gotest-libdw ctest
 
 vet:
 	$(GO) vet ./...
@@ -42,6 +42,14 @@ gotest-race:
 
 gotest-cgocheck2:
 	GOEXPERIMENT=cgocheck2 $(GO) test -count=1 ./...
+
+# The precise (file:line) C symbolizer needs elfutils' libdw (Debian: libdw-dev); the
+# unstripped run lets the in-process symbol tests run instead of skipping.
+gotest-libdw:
+	@if [ -f /usr/include/elfutils/libdwfl.h ]; then \
+		echo "$(GO) test -tags nogil_libdw -ldflags='-s=false -w=false' ./cgosymbolizer/..."; \
+		$(GO) test -count=1 -tags nogil_libdw -ldflags='-s=false -w=false' ./cgosymbolizer/...; \
+	else echo "gotest-libdw: libdw-dev not installed, skipping the nogil_libdw build"; fi
 
 ## ctest: the standalone C runner, optimised and under both sanitizers.
 ctest: ctest-opt ctest-tsan ctest-asan

@@ -535,8 +535,7 @@ func runSync(threads, cs int, d time.Duration) (result, error) {
 }
 
 // nogilShared is syncShared for nogil.Mutex. The lock byte itself lives wherever NewMutex
-// puts it; only the handle sits next to the protected double. race is empty outside race
-// builds; it comes first because a zero-size last field would add padding.
+// puts it; only the handle sits next to the protected double.
 type nogilShared struct {
 	stop  atomic.Bool
 	_     [200]byte
