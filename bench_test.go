@@ -66,7 +66,7 @@ func BenchmarkRWMutexRead(b *testing.B) {
 	b.Cleanup(func() { nrw.Close() })
 	var srw sync.RWMutex
 	for _, bc := range []struct {
-		name          string
+		name           string
 		rlock, runlock func()
 	}{
 		{"nogil", nrw.RLock, nrw.RUnlock},
