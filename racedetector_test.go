@@ -16,6 +16,7 @@ package nogil_test
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,6 +50,26 @@ func TestRaceDetectorSeesHappensBefore(t *testing.T) {
 		m.Unlock()
 	})
 
+	// The last user frees the lock after taking it over: everything the previous holder's
+	// Unlock read of the wrapper must happen before that Close.
+	t.Run("Mutex/CloseAfterHandOver", func(t *testing.T) {
+		m := nogil.NewMutex()
+		result := 0
+		go func() {
+			m.Lock()
+			result = 42
+			m.Unlock()
+		}()
+		for r := 0; r == 0; runtime.Gosched() {
+			m.Lock()
+			r = result
+			m.Unlock()
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("RWMutex", func(t *testing.T) {
 		rw := nogil.NewRWMutex()
 		closeOK(t, rw)
@@ -72,6 +93,44 @@ func TestRaceDetectorSeesHappensBefore(t *testing.T) {
 			}
 		}()
 		wg.Wait()
+	})
+
+	t.Run("RWMutex/CloseAfterWriter", func(t *testing.T) {
+		rw := nogil.NewRWMutex()
+		result := 0
+		go func() {
+			rw.Lock()
+			result = 42
+			rw.Unlock()
+		}()
+		for r := 0; r == 0; runtime.Gosched() {
+			rw.RLock()
+			r = result
+			rw.RUnlock()
+		}
+		rw.Lock()
+		rw.Unlock()
+		if err := rw.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("RWMutex/CloseAfterReader", func(t *testing.T) {
+		rw := nogil.NewRWMutex()
+		var reading atomic.Bool
+		go func() {
+			rw.RLock()
+			reading.Store(true) // orders only what precedes RUnlock
+			rw.RUnlock()
+		}()
+		for !reading.Load() {
+			runtime.Gosched()
+		}
+		rw.Lock() // waits for the reader's RUnlock
+		rw.Unlock()
+		if err := rw.Close(); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("Event", func(t *testing.T) {
