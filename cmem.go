@@ -2,6 +2,7 @@ package nogil
 
 // #include <stdlib.h>
 // #include <string.h>
+// #include "nogil.h"
 import "C"
 
 import (
@@ -92,6 +93,12 @@ func (m *cMemory) close() error {
 	}
 	*m = cMemory{}
 	return nil
+}
+
+// inUse reports whether threads are parked on the lock's memory right now. A set
+// has-parked bit alone does not mean that: a waiter that timed out or was cancelled leaves it.
+func (m *cMemory) inUse() bool {
+	return m.p != nil && C.ng_parking_lot_waiters(m.p) > 0
 }
 
 func (m *cMemory) mustOpen(kind string) {

@@ -113,7 +113,7 @@ func (e *Event) WaitContext(ctx context.Context) error {
 // Close frees the memory of an Event made by NewEvent. It fails with ErrLocked while
 // threads wait on it.
 func (e *Event) Close() error {
-	if e.c != nil && e.cell.load() == C.NG_HAS_PARKED {
+	if e.mem.inUse() {
 		return ErrLocked
 	}
 	if err := e.mem.close(); err != nil {

@@ -161,7 +161,7 @@ func (m *Mutex) IsLocked() bool {
 // Close frees the memory of a Mutex made by NewMutex. It fails with ErrLocked if m is held
 // or has waiters. Using m after Close panics.
 func (m *Mutex) Close() error {
-	if m.c != nil && m.cell.load() != 0 {
+	if m.c != nil && (m.cell.load()&locked != 0 || m.mem.inUse()) {
 		return ErrLocked
 	}
 	if err := m.mem.close(); err != nil {

@@ -78,8 +78,12 @@ func (o *Once) Do(f func() error) error {
 	return err
 }
 
-// Close frees the memory of a Once made by NewOnce.
+// Close frees the memory of a Once made by NewOnce. It fails with ErrLocked while an
+// initialiser runs.
 func (o *Once) Close() error {
+	if o.c != nil && (o.cell.load()&locked != 0 || o.mem.inUse()) {
+		return ErrLocked
+	}
 	if err := o.mem.close(); err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func (m *RecursiveMutex) HeldByCurrentThread() bool {
 
 // Close frees the memory of a RecursiveMutex made by NewRecursiveMutex; ErrLocked if held.
 func (m *RecursiveMutex) Close() error {
-	if m.c != nil && C.ng_mutex_is_locked(&m.c.mutex) {
+	if m.c != nil && (bool(C.ng_mutex_is_locked(&m.c.mutex)) || m.mem.inUse()) {
 		return ErrLocked
 	}
 	if err := m.mem.close(); err != nil {

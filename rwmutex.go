@@ -119,7 +119,7 @@ func (rw *RWMutex) Unlock() {
 
 // Close frees the memory of an RWMutex made by NewRWMutex; ErrLocked if it is held.
 func (rw *RWMutex) Close() error {
-	if rw.c != nil && atomic.LoadUintptr(rw.bits) != 0 {
+	if rw.c != nil && (atomic.LoadUintptr(rw.bits)&^rwParked != 0 || rw.mem.inUse()) {
 		return ErrLocked
 	}
 	if err := rw.mem.close(); err != nil {
