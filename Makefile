@@ -20,7 +20,7 @@ OPT     := -O2
 # Scale factor for the C stress tests (1 = the sizes the issue asks for).
 NG_TEST_SCALE ?= 1
 
-.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw ctest ctest-opt ctest-tsan \
+.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw ctest ctest-opt ctest-cas ctest-tsan \
         ctest-asan bench lib clean
 
 all: build
@@ -52,7 +52,7 @@ gotest-libdw:
 	else echo "gotest-libdw: libdw-dev not installed, skipping the nogil_libdw build"; fi
 
 ## ctest: the standalone C runner, optimised and under both sanitizers.
-ctest: ctest-opt ctest-tsan ctest-asan
+ctest: ctest-opt ctest-cas ctest-tsan ctest-asan
 
 $(BUILD)/ctest-opt: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
 	@mkdir -p $(BUILD)
@@ -68,6 +68,11 @@ $(BUILD)/ctest-asan: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
 
 ctest-opt: $(BUILD)/ctest-opt
 	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
+
+# The same tests with every unlock a compare-and-swap (the mode used when membarrier(2) is
+# unavailable, see csrc/include/nogil/park_announce.h).
+ctest-cas: $(BUILD)/ctest-opt
+	NOGIL_CAS_UNLOCK=1 NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
 
 # halt_on_error: a report is a failure, not a warning.
 ctest-tsan: $(BUILD)/ctest-tsan

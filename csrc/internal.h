@@ -41,4 +41,7 @@ static inline void ng_futex_wake(uint32_t *addr, int n)
 /* CPUs this process may run on (its affinity mask, so `docker --cpuset-cpus` counts). */
 int ng_cpu_count(void);
 
+/* Probes membarrier(2) and sets ng_plain_unlock; run at load time and in the fork child. */
+void ng_park_announce_init(void);
+
 #endif /* NOGIL_INTERNAL_H */

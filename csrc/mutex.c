@@ -83,15 +83,21 @@ int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
         int64_t remaining = timeout_ns < 0 ? -1 : ng_deadline_remaining(deadline);
         if (remaining == 0)
             return NG_TIMEOUT;
-        if ((v & NG_HAS_PARKED) == 0) {
-            /* Relaxed: the flag only routes the unlocker to the parking lot; the bucket
-             * lock orders our enqueue against its unpark. */
-            if (!ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_HAS_PARKED), NG_RELAXED,
-                               NG_RELAXED))
-                continue;
-            v |= NG_HAS_PARKED;
+        /* Announce before making the byte say HAS_PARKED, and look at the byte again after
+         * the announcement's fence: a plain-store unlock either sees us or we see it. */
+        ng_park_announce(&m->bits);
+        v = ng_atomic_load(&m->bits, NG_RELAXED);
+        int r = NG_AGAIN;
+        if (v & NG_LOCKED) {
+            /* Relaxed: the flag only routes unlockers to the parking lot; the bucket lock
+             * orders our enqueue against their unpark. */
+            if ((v & NG_HAS_PARKED) ||
+                ng_atomic_cas(&m->bits, &v, (uint8_t)(v | NG_HAS_PARKED), NG_RELAXED, NG_RELAXED)) {
+                v |= NG_HAS_PARKED;
+                r = ng_park(&m->bits, &v, 1, remaining, &w, flags);
+            }
         }
-        int r = ng_park(&m->bits, &v, 1, remaining, &w, flags);
+        ng_park_withdraw(&m->bits);
         if (r == NG_OK && w.handed_off) {
             /* The unlocker set LOCKED for us; its release reached us through the
              * semaphore post/wait, so its critical section happens-before ours. */
@@ -122,6 +128,23 @@ static void mutex_unpark(void *arg, void *park_arg, int has_more_waiters)
      * (hand-off) or a barging locker (acquiring CAS). While the byte reads LOCKED|HAS_PARKED
      * nobody else modifies it, so a plain store cannot lose an update. */
     ng_atomic_store(&m->bits, v, NG_RELEASE);
+}
+
+/* Runs under the bucket lock after a plain-store unlock saw announced parkers. The mutex is
+ * already released (and may be held by someone else by now), so there is no hand-off; the
+ * parked bit is restored, atomically, if waiters remain. */
+static void wake_after_release(void *arg, void *park_arg, int woken, int has_more_waiters)
+{
+    ng_mutex *m = arg;
+    if (woken && has_more_waiters)
+        ng_atomic_fetch_or(&m->bits, NG_HAS_PARKED, NG_RELAXED);
+}
+
+int ng_mutex_unlock_wake(ng_mutex *m)
+{
+    /* If the announcer has not enqueued yet, it will find the byte changed and not sleep. */
+    ng_unpark_ex(&m->bits, wake_after_release, m);
+    return NG_OK;
 }
 
 int ng_mutex_unlock_slow(ng_mutex *m)

@@ -17,9 +17,8 @@
 
 #include "internal.h"
 
-/* Power of two; more buckets than CPython's 257 so unrelated locks rarely share one. */
-#define BUCKET_BITS 10
-#define NUM_BUCKETS (1u << BUCKET_BITS)
+/* More buckets than CPython's 257 so unrelated locks rarely share one. */
+#define NUM_BUCKETS NG_LOT_BUCKETS
 
 typedef struct wait_entry {
     struct wait_entry *next;
@@ -45,9 +44,7 @@ static const ng_block_hooks *block_hooks;
 
 static bucket *bucket_for(const void *addr)
 {
-    /* Fibonacci hashing: spreads addresses that differ only in high or low bits. */
-    uint64_t h = (uint64_t)(uintptr_t)addr * UINT64_C(0x9E3779B97F4A7C15);
-    return &buckets[h >> (64 - BUCKET_BITS)];
+    return &buckets[ng_lot_bucket_index(addr)];
 }
 
 static void enqueue(bucket *b, wait_entry *e)
@@ -275,6 +272,9 @@ void ng_parking_lot_after_fork(void)
     /* Every entry belongs to a thread that does not exist in the child, and a bucket lock may
      * have been held by one: start from the zero state. */
     memset(buckets, 0, sizeof buckets);
+    /* Announcements of threads that do not exist in the child would only cost slow unlocks,
+     * but they would never be withdrawn. */
+    memset(ng_park_announce_slots, 0, sizeof ng_park_announce_slots);
     /* The surviving thread's installed token (if any) stays: it is not parked, so the token
      * points at no entry, and its owner still expects it to work. */
 }

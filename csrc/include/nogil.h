@@ -13,6 +13,7 @@
 #include "nogil/semaphore.h"
 #include "nogil/raw_mutex.h"
 #include "nogil/parking_lot.h"
+#include "nogil/park_announce.h"
 #include "nogil/mutex.h"
 #include "nogil/event.h"
 #include "nogil/once.h"

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "atomic.h"
+#include "park_announce.h"
 #include "status.h"
 
 #ifdef __cplusplus
@@ -44,6 +45,7 @@ typedef struct ng_mutex {
  * Returns NG_OK, NG_TIMEOUT, NG_INTR, NG_CANCELLED or NG_EINVAL. */
 int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags);
 int ng_mutex_unlock_slow(ng_mutex *m);
+int ng_mutex_unlock_wake(ng_mutex *m);
 
 /* Locks, blocking (detached) as long as needed. NG_OK or NG_EINVAL; NG_CANCELLED (lock not
  * taken) only if the calling thread installed an ng_cancel token and it fired. */
@@ -71,9 +73,23 @@ static inline bool ng_mutex_trylock(ng_mutex *m)
     return false;
 }
 
-/* Unlocks. NG_OK, NG_ENOTLOCKED (it was not locked: nothing changed) or NG_EINVAL. */
+/* Unlocks. NG_OK, NG_ENOTLOCKED (it was not locked: nothing changed) or NG_EINVAL.
+ * Without parked waiters this is a plain store and a load (nogil/park_announce.h). */
 static inline int ng_mutex_unlock(ng_mutex *m)
 {
+    if (m != NULL && ng_atomic_load(&ng_plain_unlock, NG_RELAXED) &&
+        ng_atomic_load(&m->bits, NG_RELAXED) == NG_LOCKED) {
+        /* Release: the critical section happens-before the next owner's acquiring CAS.
+         * While the byte is LOCKED only a would-be parker changes it (adding HAS_PARKED), and
+         * it announced itself first, which the load below sees unless the parker sees our
+         * store; the parker's asymmetric fence orders the store before that load, so here
+         * a compiler barrier is enough. */
+        ng_atomic_store(&m->bits, NG_UNLOCKED, NG_RELEASE);
+        __atomic_signal_fence(NG_SEQ_CST);
+        if (ng_park_announced(&m->bits) == 0)
+            return NG_OK;
+        return ng_mutex_unlock_wake(m);
+    }
     uint8_t expected = NG_LOCKED;
     /* Release: the critical section happens-before the next owner's acquire. */
     if (m != NULL && ng_atomic_cas(&m->bits, &expected, NG_UNLOCKED, NG_RELEASE, NG_RELAXED))
