@@ -56,9 +56,10 @@ func (e *Event) CPtr() unsafe.Pointer { return unsafe.Pointer(e.c) }
 // Set sets the event and wakes every waiter. Setting a set event does nothing.
 func (e *Event) Set() {
 	e.mem.mustOpen("Event")
+	cell, c := e.cell, e.c // read before the race-build release (see Mutex.Unlock)
 	e.race.release()
-	if !e.cell.casOnce(0, eventSet) { // waiters may be parked: let C wake them
-		C.ng_event_notify(e.c)
+	if !cell.casOnce(0, eventSet) { // waiters may be parked: let C wake them
+		C.ng_event_notify(c)
 	}
 }
 

@@ -139,15 +139,20 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 
 // Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
 func (m *Mutex) Unlock() {
+	// Read the wrapper before the race-build release: once the lock is free, the next owner
+	// may Close it (and so write these fields).
+	cell, c := m.cell, m.c
 	m.race.release()
-	if m.cell.word == nil || !m.cell.casOnce(locked, 0) {
-		m.unlockSlow()
+	if cell.word == nil || !cell.casOnce(locked, 0) {
+		unlockMutexSlow(c)
 	}
 }
 
-func (m *Mutex) unlockSlow() {
-	m.check()
-	if C.ng_mutex_unlock_slow(m.c) == C.NG_ENOTLOCKED {
+func unlockMutexSlow(c *C.ng_mutex) {
+	if c == nil {
+		panic(mutexUnusable)
+	}
+	if C.ng_mutex_unlock_slow(c) == C.NG_ENOTLOCKED {
 		panic("nogil: unlock of unlocked Mutex")
 	}
 }
@@ -171,7 +176,13 @@ func (m *Mutex) Close() error {
 	return nil
 }
 
-func (m *Mutex) check() { m.mem.mustOpen("Mutex") }
+const mutexUnusable = "nogil: Mutex used after Close or not made by NewMutex/MutexAt"
+
+func (m *Mutex) check() {
+	if m.c == nil {
+		panic(mutexUnusable)
+	}
+}
 
 // noCopy makes go vet's copylocks check flag copies of lock values.
 type noCopy struct{}

@@ -56,9 +56,11 @@ func (o *Once) Do(f func() error) error {
 	if o.Done() {
 		return nil
 	}
+	// Read before the race-build release (see Mutex.Unlock).
+	cell, c := o.cell, o.c
 	// Uncontended start without cgo; otherwise C waits for the running initialiser.
-	if !o.cell.casOnce(0, locked) {
-		if C.ng_once_begin(o.c) != 1 {
+	if !cell.casOnce(0, locked) {
+		if C.ng_once_begin(c) != 1 {
 			o.race.acquire()
 			return nil // done by another caller meanwhile
 		}
@@ -66,8 +68,8 @@ func (o *Once) Do(f func() error) error {
 	succeeded := false
 	defer func() {
 		// Runs on success, error and panic alike: waiters must never be left sleeping.
-		if !succeeded || !o.cell.casOnce(locked, onceDone) {
-			C.ng_once_end(o.c, boolInt(succeeded))
+		if !succeeded || !cell.casOnce(locked, onceDone) {
+			C.ng_once_end(c, boolInt(succeeded))
 		}
 	}()
 	err := f()

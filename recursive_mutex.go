@@ -65,8 +65,9 @@ func (m *RecursiveMutex) LockTimeout(d time.Duration) bool {
 // does not hold m.
 func (m *RecursiveMutex) Unlock() {
 	m.mem.mustOpen("RecursiveMutex")
+	c := m.c // read before the race-build release (see Mutex.Unlock)
 	m.race.release()
-	if C.ng_recursive_mutex_unlock(m.c) == C.NG_ENOTOWNER {
+	if C.ng_recursive_mutex_unlock(c) == C.NG_ENOTOWNER {
 		panic("nogil: RecursiveMutex unlocked by an OS thread that does not hold it " +
 			"(lock and unlock under runtime.LockOSThread)")
 	}

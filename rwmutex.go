@@ -72,16 +72,20 @@ func (rw *RWMutex) TryRLock() bool {
 
 // RUnlock undoes one RLock. It panics if rw is not read-locked, as sync.RWMutex does.
 func (rw *RWMutex) RUnlock() {
-	rw.mem.mustOpen("RWMutex")
+	// Wrapper fields are read before the race-build release (see Mutex.Unlock).
+	bits, c := rw.bits, rw.c
+	if c == nil {
+		panic(rwUnusable)
+	}
 	rw.fromReaders.release()
 	// Only the last reader out with waiters parked needs C (to wake them).
-	b := atomic.LoadUintptr(rw.bits)
+	b := atomic.LoadUintptr(bits)
 	if b/rwOneReader > 1 || (b >= rwOneReader && b&rwParked == 0) {
-		if atomic.CompareAndSwapUintptr(rw.bits, b, b-rwOneReader) {
+		if atomic.CompareAndSwapUintptr(bits, b, b-rwOneReader) {
 			return
 		}
 	}
-	if C.ng_rwmutex_runlock(rw.c) == C.NG_ENOTLOCKED {
+	if C.ng_rwmutex_runlock(c) == C.NG_ENOTLOCKED {
 		panic("nogil: RUnlock of unlocked RWMutex")
 	}
 }
@@ -109,13 +113,18 @@ func (rw *RWMutex) TryLock() bool {
 
 // Unlock undoes Lock. It panics if rw is not write-locked, as sync.RWMutex does.
 func (rw *RWMutex) Unlock() {
-	rw.mem.mustOpen("RWMutex")
+	bits, c := rw.bits, rw.c
+	if c == nil {
+		panic(rwUnusable)
+	}
 	rw.fromWriter.release()
-	if !atomic.CompareAndSwapUintptr(rw.bits, rwWriter, 0) &&
-		C.ng_rwmutex_unlock(rw.c) == C.NG_ENOTLOCKED {
+	if !atomic.CompareAndSwapUintptr(bits, rwWriter, 0) &&
+		C.ng_rwmutex_unlock(c) == C.NG_ENOTLOCKED {
 		panic("nogil: Unlock of unlocked RWMutex")
 	}
 }
+
+const rwUnusable = "nogil: RWMutex used after Close or not made by NewRWMutex/RWMutexAt"
 
 // Close frees the memory of an RWMutex made by NewRWMutex; ErrLocked if it is held.
 func (rw *RWMutex) Close() error {
