@@ -2,6 +2,8 @@ package nogil_test
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,10 +14,23 @@ import (
 	"github.com/nogil-go/nogil/internal/ctest"
 )
 
-// One writer stores a pair (k, 2k) in C memory, one word at a time, with a delay between the
-// two stores; two readers read it optimistically. A reader must never accept a torn pair.
+// One writer stores a pair (k, 2k) in C memory, one word at a time, sometimes yielding between
+// the two stores; two readers read it optimistically. A reader must never accept a torn pair.
+//
+// With GOMAXPROCS=1 the goroutines interleave only at the yields inside the read and write
+// windows, which makes torn reads frequent whatever the machine's load; with the default
+// they also run in parallel.
 func TestSeqLockReadersNeverAcceptTornPairs(t *testing.T) {
 	deadline(t, 60*time.Second)
+	for _, procs := range []int{1, runtime.GOMAXPROCS(0)} {
+		t.Run(fmt.Sprint("GOMAXPROCS=", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			seqlockTornPairs(t)
+		})
+	}
+}
+
+func seqlockTornPairs(t *testing.T) {
 	s := nogil.NewSeqLock()
 	closeOK(t, s)
 	mem := ctest.Alloc(16)
@@ -26,20 +41,29 @@ func TestSeqLockReadersNeverAcceptTornPairs(t *testing.T) {
 	var stop atomic.Bool
 	var wg, ready sync.WaitGroup
 	var acceptedTotal atomic.Int64
+	var running atomic.Int32 // readers still reading (a failing one stops)
 	var accepted, retried, tornSeen [2]int
 	for r := 0; r < 2; r++ {
 		wg.Add(1)
 		ready.Add(1)
+		running.Add(1)
 		go func() {
 			defer wg.Done()
+			defer running.Add(-1)
 			ready.Done()
-			for !stop.Load() {
+			for i := 0; !stop.Load(); i++ {
 				seq := s.BeginRead()
 				if seq&1 != 0 {
 					t.Errorf("BeginRead returned odd sequence %d", seq)
 					return
 				}
-				a, b := atomic.LoadUint64(x), atomic.LoadUint64(y)
+				a := atomic.LoadUint64(x)
+				if i%2 == 0 {
+					// Let the writer run between the two loads. Relying on parallelism
+					// alone, reads and writes hardly overlap on a loaded 2-CPU machine.
+					runtime.Gosched()
+				}
+				b := atomic.LoadUint64(y)
 				if s.Retry(seq) {
 					retried[r]++
 					if b != 2*a {
@@ -58,18 +82,21 @@ func TestSeqLockReadersNeverAcceptTornPairs(t *testing.T) {
 	}
 	ready.Wait()
 	// Write at least `writes` times, and until the readers have done some work alongside.
-	var spin atomic.Uint64
 	start := time.Now()
 	k := uint64(0)
-	for k < writes || (acceptedTotal.Load() < 4000 && time.Since(start) < 10*time.Second) {
+	for running.Load() > 0 &&
+		(k < writes || (acceptedTotal.Load() < 4000 && time.Since(start) < 10*time.Second)) {
 		k++
 		s.BeginWrite()
 		atomic.StoreUint64(x, k)
-		for i := 0; i < 32; i++ { // widen the window between the two stores
-			spin.Add(1)
+		if k%8 == 0 {
+			runtime.Gosched() // let readers run between the two stores
 		}
 		atomic.StoreUint64(y, 2*k)
 		s.EndWrite()
+		if k%8 == 4 {
+			runtime.Gosched() // and between writes
+		}
 	}
 	stop.Store(true)
 	wg.Wait()
