@@ -12,7 +12,10 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -602,11 +605,52 @@ func TestMutexMixedGoAndC(t *testing.T) {
 	got := *counter
 	m.Unlock()
 	if want := int64((cThreads + goroutines) * iters); got != want {
-		t.Errorf("counter = %d, want %d", got, want)
+		t.Errorf("counter = %d, want %d (C unlocks %s)", got, want, cUnlockMode())
 	}
+	t.Logf("C unlocks: %s", cUnlockMode())
 	if b := ctest.Load8(m.CPtr()); b != 0 {
 		t.Errorf("final byte = %d, want 0", b)
 	}
+}
+
+// cUnlockMode says how C's ng_mutex_unlock releases a lock in this process.
+func cUnlockMode() string {
+	if ctest.PlainUnlock() {
+		return "plain-store"
+	}
+	return "CAS"
+}
+
+// C's uncontended unlock is a plain store when membarrier is available, a CAS otherwise
+// (nogil/park_announce.h); Go always uses CAS. Run the tests where C and Go unlock the same
+// and neighbouring bytes again in a child process forced into the other C mode.
+func TestMixedGoAndCOtherUnlockMode(t *testing.T) {
+	if os.Getenv("NOGIL_TEST_CHILD") != "" {
+		t.Skip("already the child")
+	}
+	deadline(t, 60*time.Second)
+	env := append(os.Environ(), "NOGIL_TEST_CHILD=1")
+	want := "CAS"
+	if !ctest.PlainUnlock() {
+		if os.Getenv("NOGIL_CAS_UNLOCK") == "" {
+			t.Skip("membarrier unavailable: C unlocks always use CAS, there is no other mode")
+		}
+		want = "plain-store"
+		env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "NOGIL_CAS_UNLOCK=") })
+	} else {
+		env = append(env, "NOGIL_CAS_UNLOCK=1")
+	}
+	cmd := exec.Command(os.Args[0], "-test.v", "-test.count=1",
+		"-test.run=^(TestMutexMixedGoAndC|TestLayoutMutexEveryOffset|TestLayoutAdjacentMutexesShareWords|TestMutexTwoThreads|TestMutexFairHandOff)$")
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child with C unlocks in %s mode failed: %v\n%s", want, err, out)
+	}
+	if !strings.Contains(string(out), "C unlocks: "+want) {
+		t.Fatalf("child did not run in %s mode:\n%s", want, out)
+	}
+	t.Logf("child passed with C unlocks in %s mode", want)
 }
 
 func TestMutexClose(t *testing.T) {

@@ -79,6 +79,8 @@ static uint64_t ctest_rec_level(void *m)
 }
 static uint8_t ctest_rec_bits(void *m) { return ctest_load8(&((ng_recursive_mutex *)m)->mutex.bits); }
 
+static int ctest_plain_unlock(void) { return __atomic_load_n(&ng_plain_unlock, __ATOMIC_RELAXED); }
+
 static size_t ctest_layout(int what)
 {
 	switch (what) {
@@ -263,6 +265,10 @@ func MutexLockTimed(m unsafe.Pointer, ns int64) int {
 
 // SetHandoffNs sets the process-wide mutex hand-off threshold and returns the previous one.
 func SetHandoffNs(ns int64) int64 { return int64(C.ng_mutex_set_handoff_ns(C.int64_t(ns))) }
+
+// PlainUnlock reports whether C's ng_mutex_unlock uses plain-store unlocks in this process
+// (membarrier available and NOGIL_CAS_UNLOCK unset; see nogil/park_announce.h) rather than CAS.
+func PlainUnlock() bool { return C.ctest_plain_unlock() != 0 }
 
 // ThreadID is ng_thread_id() of the calling OS thread.
 func ThreadID() uint64 { return uint64(C.ng_thread_id()) }
