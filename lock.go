@@ -4,6 +4,12 @@ package nogil
 #include "nogil.h"
 
 // One cgo call that installs a cancellation token around a timed lock.
+// Where unlocks of the mutex at p look for announced parkers (nogil/park_announce.h).
+static uint32_t *ng_go_parkers(void *p)
+{
+	return &ng_park_announce_slots[ng_lot_bucket_index(p)].parkers;
+}
+
 static int ng_go_mutex_lock(ng_mutex *m, int64_t timeout_ns, ng_cancel *token)
 {
 	ng_cancel *previous = ng_cancel_install(token);
@@ -18,6 +24,8 @@ import (
 	"context"
 	"time"
 	"unsafe"
+
+	"github.com/nogil-go/nogil/internal/storeunlock"
 )
 
 const (
@@ -27,7 +35,7 @@ const (
 
 // goSpins is how many times Lock re-checks the byte in Go before taking the cgo slow path
 // (about 65 ns a call here, longer than a short critical section).
-const goSpins = 64
+const goSpins = 16
 
 // A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
 // byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock and Unlock are
@@ -39,12 +47,17 @@ const goSpins = 64
 // sync.Mutex, the zero value is not usable. Like sync.Mutex, it is not reentrant and may be
 // unlocked by a goroutine other than the one that locked it.
 type Mutex struct {
-	_    noCopy
-	cell byteCell
-	c    *C.ng_mutex
-	mem  cMemory
-	race raceEdge
+	_       noCopy
+	cell    byteCell
+	c       *C.ng_mutex
+	parkers *uint32 // announced-parker count of c's parking-lot bucket
+	mem     cMemory
+	race    raceEdge
 }
+
+// useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core decided the
+// mode when it was loaded, before any Go code ran, and it never changes.
+var useStoreUnlock = storeunlock.Supported && C.ng_plain_unlock != 0
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
 func NewMutex() *Mutex {
@@ -63,6 +76,7 @@ func MutexAt(p unsafe.Pointer) *Mutex {
 
 func (m *Mutex) init(mem cMemory) {
 	m.mem, m.c, m.cell = mem, (*C.ng_mutex)(mem.p), newByteCell(mem.p)
+	m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
 }
 
 // CPtr returns the ng_mutex* that C code can lock and unlock.
@@ -141,11 +155,20 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 func (m *Mutex) Unlock() {
 	// Read the wrapper before the race-build release: once the lock is free, the next owner
 	// may Close it (and so write these fields).
-	cell, c := m.cell, m.c
+	cell, c, parkers := m.cell, m.c, m.parkers
 	m.race.release()
-	if cell.word == nil || !cell.casOnce(locked, 0) {
-		unlockMutexSlow(c)
+	if useStoreUnlock && c != nil {
+		switch storeunlock.Unlock((*uint8)(unsafe.Pointer(c)), parkers) {
+		case storeunlock.Unlocked:
+			return
+		case storeunlock.Announced:
+			C.ng_mutex_unlock_wake(c)
+			return
+		}
+	} else if cell.word != nil && cell.casOnce(locked, 0) {
+		return
 	}
+	unlockMutexSlow(c)
 }
 
 func unlockMutexSlow(c *C.ng_mutex) {
@@ -172,7 +195,7 @@ func (m *Mutex) Close() error {
 	if err := m.mem.close(); err != nil {
 		return err
 	}
-	m.c, m.cell = nil, byteCell{}
+	m.c, m.cell, m.parkers = nil, byteCell{}, nil
 	return nil
 }
 

@@ -110,7 +110,7 @@ void ng_mutex_at_fork_reinit(ng_mutex *m);
  * every contended unlock; a negative value never hands off. For tests and tuning. */
 int64_t ng_mutex_set_handoff_ns(int64_t ns);
 
-/* Sets how many times a contended lock spins before parking (default: 40 on multi-core
+/* Sets how many times a contended lock spins before parking (default: 100 on multi-core
  * machines, 0 on one CPU) and returns the previous value. */
 int ng_mutex_set_spin_limit(int spins);
 

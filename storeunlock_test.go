@@ -1,0 +1,40 @@
+package nogil_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nogil-go/nogil"
+	"github.com/nogil-go/nogil/internal/ctest"
+)
+
+// The interleaving that park announcements exist for, from Go: a goroutine sleeps in Lock with
+// HAS_PARKED set, then the bit is wiped (as a plain-store unlock that read the byte just before
+// the waiter set it would wipe it). Go's Unlock must still wake the sleeper: it is announced.
+// In CAS mode the scenario cannot happen, and the test does not apply.
+func TestMutexStoreUnlockWakesAnnouncedSleeper(t *testing.T) {
+	if !ctest.PlainUnlock() {
+		t.Skip("CAS unlock mode: nothing ever wipes the parked bit")
+	}
+	deadline(t, 30*time.Second)
+	m := nogil.NewMutex()
+	m.Lock()
+	acquired := goLocked(func() {
+		m.Lock()
+		m.Unlock()
+	})
+	if !waitFor(10*time.Second, func() bool { return nogil.ParkedWaiters(m.CPtr()) == 1 }) {
+		t.Fatal("the second locker never parked")
+	}
+	if b := ctest.Load8(m.CPtr()); b != 3 {
+		t.Fatalf("lock byte with a parked waiter = %d, want 3", b)
+	}
+	ctest.Store8(m.CPtr(), 1) // the bit a racing plain store would wipe
+	m.Unlock()
+	if !within(acquired, 10*time.Second) {
+		nogil.UnparkAll(m.CPtr()) // rescue the sleeper so that the test reports, not hangs
+		<-acquired
+		t.Fatal("lost wake-up: Unlock did not wake the announced sleeper")
+	}
+	closeOK(t, m)
+}
