@@ -3,13 +3,13 @@ package nogil
 /*
 #include "nogil.h"
 
-// One cgo call that installs a cancellation token around a timed lock.
 // Where unlocks of the mutex at p look for announced parkers (nogil/park_announce.h).
 static uint32_t *ng_go_parkers(void *p)
 {
 	return &ng_park_announce_slots[ng_lot_bucket_index(p)].parkers;
 }
 
+// One cgo call that installs a cancellation token around a timed lock.
 static int ng_go_mutex_lock(ng_mutex *m, int64_t timeout_ns, ng_cancel *token)
 {
 	ng_cancel *previous = ng_cancel_install(token);
@@ -28,19 +28,17 @@ import (
 	"github.com/nogil-go/nogil/internal/storeunlock"
 )
 
-const (
-	locked    = C.NG_LOCKED
-	hasParked = C.NG_HAS_PARKED
-)
+const locked = C.NG_LOCKED
 
 // goSpins is how many times Lock re-checks the byte in Go before taking the cgo slow path
 // (about 65 ns a call here, longer than a short critical section).
 const goSpins = 16
 
 // A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
-// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock and Unlock are
-// Go atomics; a contended Lock spins briefly, then parks the calling OS thread in the C
-// parking lot. A waiter that has waited more than 1 ms is handed the lock directly on
+// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock is a Go
+// compare-and-swap and uncontended Unlock a plain store (on amd64; a compare-and-swap
+// elsewhere), with no cgo call; a contended Lock spins briefly, then parks the calling OS
+// thread in the C parking lot. A waiter that has waited more than 1 ms is handed the lock directly on
 // unlock, so no locker starves.
 //
 // Create one with NewMutex (or wrap C memory with MutexAt) and Close it when done. Unlike
@@ -55,8 +53,8 @@ type Mutex struct {
 	race    raceEdge
 }
 
-// useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core decided the
-// mode when it was loaded, before any Go code ran, and it never changes.
+// useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core
+// decided the mode when it was loaded, before any Go code ran, and it never changes.
 var useStoreUnlock = storeunlock.Supported && C.ng_plain_unlock != 0
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
