@@ -1,8 +1,19 @@
 package nogil
 
-// #include <stdlib.h>
-// #include <string.h>
-// #include "nogil.h"
+/*
+#include <stdlib.h>
+#include <string.h>
+#include "nogil.h"
+
+// One cgo call: a zeroed cache line (every lock's zero value is "unlocked").
+static void *ng_go_alloc_cell(size_t size)
+{
+	void *p = aligned_alloc(size, size);
+	if (p != NULL)
+		memset(p, 0, size);
+	return p;
+}
+*/
 import "C"
 
 import (
@@ -22,12 +33,10 @@ import (
 const cellSize = 64
 
 func allocCell() unsafe.Pointer {
-	// aligned_alloc zeroes nothing; every lock's zero value is "unlocked", so clear it.
-	p := C.aligned_alloc(cellSize, cellSize)
+	p := C.ng_go_alloc_cell(cellSize)
 	if p == nil {
 		panic("nogil: out of C memory")
 	}
-	C.memset(p, 0, cellSize)
 	return p
 }
 
