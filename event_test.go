@@ -198,12 +198,7 @@ func TestEventClose(t *testing.T) {
 	}
 	e.Set()
 	<-done
-	if err := e.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	if err := e.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, e)
 	mustPanicNogil(t, "Set after Close", e.Set)
 	mustPanicNogil(t, "IsSet after Close", func() { e.IsSet() })
 	mustPanicNogil(t, "Wait after Close", e.Wait)

@@ -1,11 +1,15 @@
 package nogil_test
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nogil-go/nogil"
 )
 
 // Keep the main OS thread for the main goroutine: a test goroutine that exits while locked to
@@ -77,8 +81,52 @@ func mustPanicNogil(t testing.TB, what string, f func()) {
 	}
 }
 
+// lockHolder is a goroutine, on an OS thread of its own, that takes a lock and holds it
+// until released.
+type lockHolder struct {
+	got     chan struct{}   // closed once it holds the lock (so got means "holds it now")
+	release chan struct{}   // close it to make the holder unlock
+	done    <-chan struct{} // closed once the holder has unlocked and returned
+}
+
+// holdLock starts a lockHolder that calls l.Lock, which may block.
+func holdLock(l sync.Locker) lockHolder {
+	got, release := make(chan struct{}), make(chan struct{})
+	done := goLocked(func() {
+		l.Lock()
+		close(got)
+		<-release
+		l.Unlock()
+	})
+	return lockHolder{got: got, release: release, done: done}
+}
+
+// runParallel runs f(0), ..., f(n-1), each in a goroutine of its own, and waits for them all.
+func runParallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(i)
+		}()
+	}
+	wg.Wait()
+}
+
 // closer is any nogil lock wrapper.
 type closer interface{ Close() error }
+
+// closeTwice closes c, which must succeed, and then again, which must fail with ErrClosed.
+func closeTwice(t testing.TB, c closer) {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if err := c.Close(); !errors.Is(err, nogil.ErrClosed) {
+		t.Errorf("second Close = %v, want ErrClosed", err)
+	}
+}
 
 // closeOK closes c at the end of the test and reports an error from Close.
 func closeOK(t testing.TB, c closer) {

@@ -81,25 +81,18 @@ func TestLayoutMutexEveryOffset(t *testing.T) {
 
 			// C holds, a Go waiter parks (byte 3), C's unlock wakes it.
 			ctest.MutexLock(p)
-			got := make(chan struct{})
-			release := make(chan struct{})
-			done := goLocked(func() {
-				m.Lock()
-				close(got)
-				<-release
-				m.Unlock()
-			})
+			waiter := holdLock(m)
 			waitParked(t, p, 1)
 			checkBytes(t, "Go waiter parked on a C-held mutex", buf, off, 3)
 			if st := ctest.MutexUnlock(p); st != ctest.OK {
 				t.Fatalf("C unlock with a parked Go waiter = %d", st)
 			}
-			if !within(got, 10*time.Second) {
+			if !within(waiter.got, 10*time.Second) {
 				t.Fatal("Go waiter not woken by the C unlock")
 			}
 			checkBytes(t, "Go waiter holds", buf, off, 1)
-			close(release)
-			<-done
+			close(waiter.release)
+			<-waiter.done
 			checkBytes(t, "Go waiter unlocked", buf, off, 0)
 
 			// Go holds, a C waiter parks, Go's unlock wakes it.

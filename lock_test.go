@@ -444,32 +444,26 @@ func TestMutexLockContextStress(t *testing.T) {
 	}()
 
 	var acquired, timedOut atomic.Int32
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 50; i++ {
-				time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
-				ctx, cancel := context.WithTimeout(context.Background(),
-					time.Duration(rand.IntN(1000))*time.Microsecond)
-				err := m.LockContext(ctx)
-				cancel()
-				switch {
-				case err == nil:
-					enter()
-					leave()
-					m.Unlock()
-					acquired.Add(1)
-				case errors.Is(err, context.DeadlineExceeded):
-					timedOut.Add(1)
-				default:
-					t.Errorf("LockContext = %v", err)
-				}
+	runParallel(4, func(int) {
+		for i := 0; i < 50; i++ {
+			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
+			ctx, cancel := context.WithTimeout(context.Background(),
+				time.Duration(rand.IntN(1000))*time.Microsecond)
+			err := m.LockContext(ctx)
+			cancel()
+			switch {
+			case err == nil:
+				enter()
+				leave()
+				m.Unlock()
+				acquired.Add(1)
+			case errors.Is(err, context.DeadlineExceeded):
+				timedOut.Add(1)
+			default:
+				t.Errorf("LockContext = %v", err)
 			}
-		}()
-	}
-	wg.Wait()
+		}
+	})
 	close(stop)
 	<-holderDone
 
@@ -500,14 +494,7 @@ func TestMutexFairHandOff(t *testing.T) {
 	p := m.CPtr()
 	m.Lock()
 
-	got := make(chan struct{})
-	release := make(chan struct{})
-	done := goLocked(func() {
-		m.Lock()
-		close(got)
-		<-release
-		m.Unlock()
-	})
+	waiter := holdLock(m)
 	waitParked(t, p, 1)
 	time.Sleep(3 * time.Millisecond) // the waiter is now past the 1 ms threshold
 	m.Unlock()
@@ -517,11 +504,11 @@ func TestMutexFairHandOff(t *testing.T) {
 	if b := ctest.Load8(p); b != 1 {
 		t.Errorf("byte right after the hand-off = %d, want 1 (locked for the waiter, nobody else parked)", b)
 	}
-	if !within(got, 10*time.Second) {
+	if !within(waiter.got, 10*time.Second) {
 		t.Fatal("the waiter did not get the handed-off mutex")
 	}
-	close(release)
-	<-done
+	close(waiter.release)
+	<-waiter.done
 	if b := ctest.Load8(p); b != 0 {
 		t.Errorf("final byte = %d, want 0", b)
 	}
@@ -541,31 +528,24 @@ func TestMutexNoHandOffBeforeThreshold(t *testing.T) {
 	barged := false
 	for try := 0; try < 20 && !barged; try++ {
 		m.Lock()
-		got := make(chan struct{})
-		release := make(chan struct{})
-		done := goLocked(func() {
-			m.Lock()
-			close(got)
-			<-release // hold it, so that got means "holds it now"
-			m.Unlock()
-		})
+		waiter := holdLock(m)
 		waitParked(t, p, 1)
 		time.Sleep(2 * time.Millisecond)
 		m.Unlock()
 		if m.TryLock() {
 			barged = true
 			select {
-			case <-got:
+			case <-waiter.got:
 				t.Error("the waiter holds the mutex while TryLock also succeeded")
 			default:
 			}
 			m.Unlock()
 		}
-		close(release)
-		if !within(got, 10*time.Second) {
+		close(waiter.release)
+		if !within(waiter.got, 10*time.Second) {
 			t.Fatal("the waiter never got the mutex")
 		}
-		<-done
+		<-waiter.done
 	}
 	if !barged {
 		t.Error("TryLock never barged in 20 unlocks with the hand-off threshold at 1 h: the unlock handed off anyway")
@@ -585,19 +565,13 @@ func TestMutexMixedGoAndC(t *testing.T) {
 	for i := 0; i < cThreads; i++ {
 		threads = append(threads, ctest.StartCounterThread(m.CPtr(), unsafe.Pointer(counter), iters))
 	}
-	var wg sync.WaitGroup
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < iters; i++ {
-				m.Lock()
-				incr(counter)
-				m.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	runParallel(goroutines, func(int) {
+		for i := 0; i < iters; i++ {
+			m.Lock()
+			incr(counter)
+			m.Unlock()
+		}
+	})
 	for _, th := range threads {
 		th.Join()
 	}
@@ -660,12 +634,7 @@ func TestMutexClose(t *testing.T) {
 		t.Fatalf("Close of a locked mutex = %v, want ErrLocked", err)
 	}
 	m.Unlock() // still usable after the refused Close
-	if err := m.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	if err := m.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, m)
 	mustPanicNogil(t, "Lock after Close", m.Lock)
 	mustPanicNogil(t, "Unlock after Close", m.Unlock)
 	mustPanicNogil(t, "TryLock after Close", func() { m.TryLock() })

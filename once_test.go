@@ -172,12 +172,7 @@ func TestOnceFailureWakesWaiters(t *testing.T) {
 
 func TestOnceClose(t *testing.T) {
 	o := nogil.NewOnce()
-	if err := o.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, o)
 	mustPanicNogil(t, "Do after Close", func() { o.Do(func() error { return nil }) })
 	mustPanicNogil(t, "Done after Close", func() { o.Done() })
 	mustPanicNogil(t, "OnceAt(nil)", func() { nogil.OnceAt(nil) })

@@ -30,19 +30,13 @@ func TestRaceDetectorSeesHappensBefore(t *testing.T) {
 		m := nogil.NewMutex()
 		closeOK(t, m)
 		counter := 0 // Go memory, guarded by m only
-		var wg sync.WaitGroup
-		for g := 0; g < 4; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 2000; i++ {
-					m.Lock()
-					counter++
-					m.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
+		runParallel(4, func(int) {
+			for i := 0; i < 2000; i++ {
+				m.Lock()
+				counter++
+				m.Unlock()
+			}
+		})
 		m.Lock()
 		if counter != 8000 {
 			t.Errorf("counter = %d, want 8000", counter)
@@ -176,21 +170,15 @@ func TestRaceDetectorSeesHappensBefore(t *testing.T) {
 		m := nogil.NewRecursiveMutex()
 		closeOK(t, m)
 		counter := 0
-		var wg sync.WaitGroup
-		for g := 0; g < 2; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				for i := 0; i < 1000; i++ {
-					m.Lock()
-					counter++
-					m.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
+		runParallel(2, func(int) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for i := 0; i < 1000; i++ {
+				m.Lock()
+				counter++
+				m.Unlock()
+			}
+		})
 		if counter != 2000 {
 			t.Errorf("counter = %d, want 2000", counter)
 		}

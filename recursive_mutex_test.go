@@ -3,7 +3,6 @@ package nogil_test
 import (
 	"errors"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,30 +101,23 @@ func TestRecursiveMutexOtherThreads(t *testing.T) {
 	}
 
 	// A blocked locker on another thread gets in only after the last Unlock.
-	got := make(chan struct{})
-	release := make(chan struct{})
-	done := goLocked(func() {
-		m.Lock()
-		close(got)
-		<-release
-		m.Unlock()
-	})
+	waiter := holdLock(m)
 	waitParked(t, m.CPtr(), 1) // the inner ng_mutex is at offset 0
 	m.Unlock()
 	select {
-	case <-got:
+	case <-waiter.got:
 		t.Fatal("another thread got the lock while the owner still held one level")
 	case <-time.After(20 * time.Millisecond):
 	}
 	m.Unlock()
-	if !within(got, 10*time.Second) {
+	if !within(waiter.got, 10*time.Second) {
 		t.Fatal("the waiting thread did not get the lock after the owner's last Unlock")
 	}
 	if m.HeldByCurrentThread() {
 		t.Error("the former owner still HeldByCurrentThread")
 	}
-	close(release)
-	<-done
+	close(waiter.release)
+	<-waiter.done
 }
 
 // Goroutines on their own threads increment a C counter under nested locks.
@@ -135,23 +127,17 @@ func TestRecursiveMutexCounter(t *testing.T) {
 	closeOK(t, m)
 	counter := cCounter(t)
 	const goroutines, iters = 4, 2000
-	var wg sync.WaitGroup
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			for i := 0; i < iters; i++ {
-				m.Lock()
-				m.Lock()
-				incr(counter)
-				m.Unlock()
-				m.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	runParallel(goroutines, func(int) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		for i := 0; i < iters; i++ {
+			m.Lock()
+			m.Lock()
+			incr(counter)
+			m.Unlock()
+			m.Unlock()
+		}
+	})
 	if *counter != goroutines*iters {
 		t.Errorf("counter = %d, want %d", *counter, goroutines*iters)
 	}
@@ -169,12 +155,7 @@ func TestRecursiveMutexClose(t *testing.T) {
 		t.Errorf("Close of a held RecursiveMutex = %v, want ErrLocked", err)
 	}
 	m.Unlock()
-	if err := m.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	if err := m.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, m)
 	mustPanicNogil(t, "Lock after Close", m.Lock)
 	mustPanicNogil(t, "Unlock after Close", m.Unlock)
 	mustPanicNogil(t, "LockTimeout after Close", func() { m.LockTimeout(time.Millisecond) })

@@ -106,14 +106,7 @@ func TestRWMutexTryAndWriterPreference(t *testing.T) {
 		t.Fatal("TryLock succeeded on a read-locked rwmutex")
 	}
 	// A writer waits; new readers must now wait behind it.
-	wgot := make(chan struct{})
-	wrelease := make(chan struct{})
-	wdone := goLocked(func() {
-		rw.Lock()
-		close(wgot)
-		<-wrelease
-		rw.Unlock()
-	})
+	writer := holdLock(rw)
 	if !waitFor(10*time.Second, func() bool { return ctest.LoadUintptr(p) == 8|2 }) {
 		t.Fatalf("bits with a waiting writer = %d, want 10", ctest.LoadUintptr(p))
 	}
@@ -131,7 +124,7 @@ func TestRWMutexTryAndWriterPreference(t *testing.T) {
 	}
 	rw.RUnlock()
 	rw.RUnlock()
-	if !within(wgot, 10*time.Second) {
+	if !within(writer.got, 10*time.Second) {
 		t.Fatal("writer did not get the lock after the readers left")
 	}
 	select {
@@ -139,8 +132,8 @@ func TestRWMutexTryAndWriterPreference(t *testing.T) {
 		t.Fatal("the new reader got in while the writer holds the lock")
 	default:
 	}
-	close(wrelease)
-	<-wdone
+	close(writer.release)
+	<-writer.done
 	if !within(rgot, 10*time.Second) {
 		t.Fatal("the reader never got in after the writer")
 	}
@@ -222,12 +215,7 @@ func TestRWMutexClose(t *testing.T) {
 		t.Errorf("Close of a write-locked rwmutex = %v, want ErrLocked", err)
 	}
 	rw.Unlock()
-	if err := rw.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	if err := rw.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, rw)
 	mustPanicNogil(t, "RLock after Close", rw.RLock)
 	mustPanicNogil(t, "RUnlock after Close", rw.RUnlock)
 	mustPanicNogil(t, "Lock after Close", rw.Lock)

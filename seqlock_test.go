@@ -1,7 +1,6 @@
 package nogil_test
 
 import (
-	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -117,19 +116,13 @@ func TestSeqLockWritersExcludeEachOther(t *testing.T) {
 	closeOK(t, s)
 	counter := cCounter(t)
 	const writers, iters = 4, 5000
-	var wg sync.WaitGroup
-	for w := 0; w < writers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < iters; i++ {
-				s.BeginWrite()
-				incr(counter)
-				s.EndWrite()
-			}
-		}()
-	}
-	wg.Wait()
+	runParallel(writers, func(int) {
+		for i := 0; i < iters; i++ {
+			s.BeginWrite()
+			incr(counter)
+			s.EndWrite()
+		}
+	})
 	if *counter != writers*iters {
 		t.Errorf("counter = %d, want %d", *counter, writers*iters)
 	}
@@ -178,12 +171,7 @@ func TestSeqLockMisuse(t *testing.T) {
 
 func TestSeqLockClose(t *testing.T) {
 	s := nogil.NewSeqLock()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); !errors.Is(err, nogil.ErrClosed) {
-		t.Errorf("second Close = %v, want ErrClosed", err)
-	}
+	closeTwice(t, s)
 	mustPanicNogil(t, "BeginWrite after Close", s.BeginWrite)
 	mustPanicNogil(t, "EndWrite after Close", s.EndWrite)
 	mustPanicNogil(t, "BeginRead after Close", func() { s.BeginRead() })
