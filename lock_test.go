@@ -652,45 +652,51 @@ func TestMutexZeroValuePanics(t *testing.T) {
 	mustPanicNogil(t, "MutexAt(nil)", func() { nogil.MutexAt(nil) })
 }
 
-//go:noinline
-func leakOne(kind string) {
+// newWrapper returns a new wrapper of the nogil type named kind.
+func newWrapper(kind string) closer {
 	switch kind {
 	case "Mutex":
-		nogil.NewMutex()
+		return nogil.NewMutex()
 	case "Event":
-		nogil.NewEvent()
+		return nogil.NewEvent()
 	case "Once":
-		nogil.NewOnce()
+		return nogil.NewOnce()
 	case "RWMutex":
-		nogil.NewRWMutex()
+		return nogil.NewRWMutex()
 	case "SeqLock":
-		nogil.NewSeqLock()
+		return nogil.NewSeqLock()
 	case "RecursiveMutex":
-		nogil.NewRecursiveMutex()
-	default:
-		panic(kind)
+		return nogil.NewRecursiveMutex()
 	}
+	panic(kind)
 }
 
 //go:noinline
+func leakOne(kind string) { newWrapper(kind) }
+
+//go:noinline
 func closeOne(t testing.TB, kind string) {
-	var c closer
-	switch kind {
-	case "Mutex":
-		c = nogil.NewMutex()
-	case "Event":
-		c = nogil.NewEvent()
-	case "Once":
-		c = nogil.NewOnce()
-	case "RWMutex":
-		c = nogil.NewRWMutex()
-	case "SeqLock":
-		c = nogil.NewSeqLock()
-	case "RecursiveMutex":
-		c = nogil.NewRecursiveMutex()
-	}
-	if err := c.Close(); err != nil {
+	if err := newWrapper(kind).Close(); err != nil {
 		t.Fatalf("Close of a new %s: %v", kind, err)
+	}
+}
+
+// countLeakReports runs the GC twice, then counts the reports starting with prefix that
+// arrive within window.
+func countLeakReports(reports <-chan string, prefix string, window time.Duration) int {
+	runtime.GC()
+	runtime.GC()
+	n := 0
+	timeout := time.After(window)
+	for {
+		select {
+		case r := <-reports:
+			if strings.HasPrefix(r, prefix) {
+				n++
+			}
+		case <-timeout:
+			return n
+		}
 	}
 }
 
@@ -724,39 +730,13 @@ func TestSetLeakHandler(t *testing.T) {
 			leakOne(kind)
 			seen := 0
 			for try := 0; try < 50 && seen == 0; try++ {
-				runtime.GC()
-				runtime.GC()
-				timeout := time.After(20 * time.Millisecond)
-			drain:
-				for {
-					select {
-					case r := <-reports:
-						if strings.HasPrefix(r, prefix) {
-							seen++
-						}
-					case <-timeout:
-						break drain
-					}
-				}
+				seen += countLeakReports(reports, prefix, 20*time.Millisecond)
 			}
 			if seen == 0 {
 				t.Fatalf("no leak report starting with %q after dropping a New%s without Close", prefix, kind)
 			}
 			// The closed one must not be reported: give its (stopped) cleanup a chance.
-			runtime.GC()
-			runtime.GC()
-			timeout := time.After(50 * time.Millisecond)
-		more:
-			for {
-				select {
-				case r := <-reports:
-					if strings.HasPrefix(r, prefix) {
-						seen++
-					}
-				case <-timeout:
-					break more
-				}
-			}
+			seen += countLeakReports(reports, prefix, 50*time.Millisecond)
 			if seen != 1 {
 				t.Errorf("%d leak reports for %s, want 1 (a closed wrapper was reported?)", seen, kind)
 			}
