@@ -20,5 +20,8 @@
 #include "nogil/rwmutex.h"
 #include "nogil/seqlock.h"
 #include "nogil/recursive_mutex.h"
+#include "nogil/qsbr.h"
+#include "nogil/delayed_free.h"
+#include "nogil/tstate.h"
 
 #endif /* NOGIL_H */

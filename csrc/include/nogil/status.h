@@ -19,6 +19,11 @@ enum ng_status {
     NG_EINVAL = -22,     /* NULL or misaligned address, unsupported size or flags */
     NG_ENOTLOCKED = -100, /* unlock of a lock (or read side) that is not held */
     NG_ENOTOWNER = -101,  /* recursive-mutex unlock by a thread that does not own it */
+    NG_EWRONGTHREAD = -102, /* a thread state used from an OS thread it is not bound to */
+    NG_ESTATE = -103,     /* wrong attachment state: attach when attached, detach when detached */
+    NG_ERELEASED = -104,  /* the thread state or interpreter was already released */
+    NG_EBUSY = -105,      /* still in use: an interpreter with thread states, a nested stop */
+    NG_ENOMEM = -12,      /* out of memory; nothing was changed */
 };
 
 /* Flags for blocking operations. */

@@ -1,0 +1,100 @@
+/* Delayed frees: release memory (or run a destructor) once QSBR says no reader can still see it
+ * (CPython's _PyMem_FreeDelayed / _PyObject_XDecRefDelayed; liburcu's call_rcu).
+ *
+ * Each thread state owns a FIFO queue of chunks of (entry, goal); goals are non-decreasing in
+ * append order, so processing stops at the first unmet goal. Memory-aware: every entry feeds
+ * the thread's QSBR counters (ng_qsbr_goal_for_free), which force an advance and set
+ * `should_process` when a threshold is crossed; the thread's next checkpoint then processes.
+ * A full chunk processes immediately as a safety valve.
+ *
+ * Thread exit: the queue is spliced onto the interpreter's queue, which the exiting thread (and
+ * later any thread's processing, with a try-lock) drains (CPython's R6 fix). Fork: the child
+ * adopts dead threads' queues through the same splice.
+ */
+#ifndef NOGIL_DELAYED_FREE_H
+#define NOGIL_DELAYED_FREE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mutex.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ng_tstate;
+struct ng_interp;
+
+typedef void ng_delayed_fn(void *arg);
+
+/* Entries per 4 KiB chunk (4 with the nogil_torture build). */
+#ifdef NOGIL_TORTURE
+#define NG_DELAYED_CHUNK_ENTRIES 4
+#else
+#define NG_DELAYED_CHUNK_ENTRIES 126
+#endif
+
+enum ng_delayed_kind {
+    NG_DELAYED_FREE = 0,   /* free(ptr) */
+    NG_DELAYED_OBJECT = 1, /* the interpreter's object release function (ng_interp_set_object_free) */
+    NG_DELAYED_CALL = 2,   /* fn(arg) */
+};
+
+typedef struct ng_delayed_entry {
+    void *ptr;        /* memory, object, or the function for NG_DELAYED_CALL */
+    void *arg;
+    uint64_t goal;
+    uint32_t size;    /* bytes accounted (saturated at UINT32_MAX) */
+    uint32_t kind;
+} ng_delayed_entry;
+
+typedef struct ng_delayed_chunk {
+    struct ng_delayed_chunk *next;
+    uint32_t rd_idx, wr_idx;
+    ng_delayed_entry entries[NG_DELAYED_CHUNK_ENTRIES];
+} ng_delayed_chunk;
+
+/* A FIFO of chunks; `head` is processed first. Counters are read by other threads for stats
+ * (relaxed). */
+typedef struct ng_delayed_queue {
+    ng_delayed_chunk *head, *tail;
+    uint64_t items;        /* entries not yet run */
+    uint64_t bytes;        /* their accounted size */
+    uint64_t oldest_goal;  /* goal of the head entry (0: empty) */
+    int64_t oldest_ns;     /* when the head entry was queued */
+} ng_delayed_queue;
+
+/* The interpreter's queue of abandoned work. */
+typedef struct ng_delayed_interp_queue {
+    ng_mutex mutex;
+    uint32_t has_work;     /* hint, relaxed */
+    ng_delayed_queue queue;
+} ng_delayed_interp_queue;
+
+/* Queue work on the calling thread's state `ts` (attached, bound to the calling thread).
+ * `size` feeds the memory-aware thresholds. NULL ptr (fn for ng_call_delayed) is ignored.
+ * When the chunk cannot be allocated the call waits for a grace period and runs the entry
+ * itself (it never fails for lack of memory). Returns NG_OK, NG_EWRONGTHREAD, NG_ESTATE. */
+int ng_free_delayed(struct ng_tstate *ts, void *ptr, size_t size);
+int ng_object_free_delayed(struct ng_tstate *ts, void *obj, size_t size);
+int ng_call_delayed(struct ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t size);
+
+/* Runs the entries whose goal is reached: the thread's own queue, then (try-lock) the
+ * interpreter's. Clears should_process. Returns the number of entries run (>= 0) or a
+ * negative status. Called by ng_tstate_checkpoint when should_process is set. */
+int ng_process_delayed(struct ng_tstate *ts);
+
+/* Waits until every entry queued (by any thread of the interpreter) before the call has run.
+ * The caller must be attached; it detaches while waiting. NG_OK or a misuse status. */
+int ng_qsbr_barrier(struct ng_tstate *ts);
+
+/* Internal to the core (thread-state layer): move `ts`'s queue to the interpreter's and process
+ * it with `caller`'s slot (may be NULL: only splice). */
+void ng_delayed_abandon(struct ng_tstate *ts, struct ng_tstate *caller);
+/* Runs everything in `q` unconditionally (interpreter deletion). */
+void ng_delayed_queue_run_all(struct ng_interp *interp, ng_delayed_queue *q);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOGIL_DELAYED_FREE_H */
