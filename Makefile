@@ -20,8 +20,8 @@ OPT     := -O2
 # Scale factor for the C stress tests (1 = the sizes the issue asks for).
 NG_TEST_SCALE ?= 1
 
-.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw ctest ctest-opt ctest-cas ctest-tsan \
-        ctest-asan bench lib clean
+.PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw gotest-torture gotest-liburcu \
+        ctest ctest-opt ctest-cas ctest-tsan ctest-asan ctest-torture docker-test bench bench-qsbr lib clean
 
 all: build
 
@@ -29,7 +29,7 @@ build:
 	$(GO) build ./...
 
 ## test: everything CI runs (README's test command).
-test: vet gotest-race gotest-cgocheck2 gotest-libdw ctest
+test: vet gotest-race gotest-cgocheck2 gotest-libdw gotest-torture gotest-liburcu ctest docker-test
 
 vet:
 	$(GO) vet ./...
@@ -51,8 +51,24 @@ gotest-libdw:
 		$(GO) test -count=1 -tags nogil_libdw -ldflags='-s=false -w=false' ./cgosymbolizer/...; \
 	else echo "gotest-libdw: libdw-dev not installed, skipping the nogil_libdw build"; fi
 
-## ctest: the standalone C runner, optimised and under both sanitizers.
-ctest: ctest-opt ctest-cas ctest-tsan ctest-asan
+# The forcing knobs (nogil_torture): sequences that wrap during the run, an advance per
+# delayed free, 4-entry chunks, random yields at the racy steps.
+gotest-torture:
+	$(GO) test -race -count=1 -tags nogil_torture .
+
+# qsbrbench's liburcu rows link liburcu-qsbr (Debian: liburcu-dev); the benchmark's own test
+# runs them when the library is there.
+HAVE_LIBURCU := $(shell pkg-config --exists liburcu-qsbr 2>/dev/null && echo yes)
+gotest-liburcu:
+ifeq ($(HAVE_LIBURCU),yes)
+	$(GO) vet -tags nogil_liburcu ./cmd/nogil
+	$(GO) test -count=1 -tags nogil_liburcu ./cmd/nogil
+else
+	@echo "gotest-liburcu: liburcu-dev not installed, skipping the nogil_liburcu build"
+endif
+
+## ctest: the standalone C runner, optimised, under both sanitizers and with the forcing knobs.
+ctest: ctest-opt ctest-cas ctest-tsan ctest-asan ctest-torture
 
 $(BUILD)/ctest-opt: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
 	@mkdir -p $(BUILD)
@@ -65,6 +81,10 @@ $(BUILD)/ctest-tsan: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
 $(BUILD)/ctest-asan: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
 	@mkdir -p $(BUILD)
 	$(CC) $(CBASE) $(ASAN) -o $@ $(CORE_SRC) $(CTEST_SRC)
+
+$(BUILD)/ctest-torture: $(CORE_SRC) $(CORE_HDR) $(CTEST_SRC) $(CTEST_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CBASE) $(OPT) -DNOGIL_TORTURE -o $@ $(CORE_SRC) $(CTEST_SRC)
 
 ctest-opt: $(BUILD)/ctest-opt
 	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
@@ -82,9 +102,31 @@ ctest-asan: $(BUILD)/ctest-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
 
+ctest-torture: $(BUILD)/ctest-torture
+	NG_TEST_SCALE=$(NG_TEST_SCALE) ./$<
+
+## docker-test: the fork and thread-exit tests as PID 1's child in an empty container.
+# The engine may have no images and no registry, so the image is FROM scratch with static
+# binaries built here; --init gives the tests a reaping PID 1 (tini), as a real deployment has.
+DOCKER_DIR := $(BUILD)/docker
+docker-test:
+	@if ! docker info >/dev/null 2>&1; then echo "docker-test: no Docker engine, skipping"; exit 0; fi; \
+	set -e; mkdir -p $(DOCKER_DIR)/tmp; \
+	$(CC) $(CBASE) $(OPT) -static -o $(DOCKER_DIR)/ctest $(CORE_SRC) $(CTEST_SRC); \
+	$(GO) test -c -o $(DOCKER_DIR)/nogil.test -ldflags '-linkmode external -extldflags -static' .; \
+	docker build -q -t nogil-test -f Dockerfile $(DOCKER_DIR) >/dev/null; \
+	docker run --rm --init nogil-test /ctest; \
+	docker run --rm --init nogil-test /nogil.test -test.count=1 -test.run '$(DOCKER_GO_TESTS)'
+
+DOCKER_GO_TESTS := Fork|ThreadExit|Bind|Release
+
 ## bench: the main job for now, CPython's lockbench method against our peers.
 bench:
 	$(GO) run ./cmd/nogil lockbench
+
+## bench-qsbr: QSBR and delayed frees against liburcu's QSBR flavour (needs liburcu-dev).
+bench-qsbr:
+	$(GO) run -tags nogil_liburcu ./cmd/nogil qsbrbench
 
 ## lib: libnogil.a and a pkg-config file for C users.
 lib: $(BUILD)/libnogil.a $(BUILD)/nogil.pc
