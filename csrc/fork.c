@@ -6,10 +6,20 @@
  * fork(3) and does not need it.) The unlock mode (nogil/park_announce.h) is decided here too,
  * at load time, before any lock can be used. Locks themselves live in user memory, so re-initialising the
  * ones the child uses stays the caller's job (ng_*_at_fork_reinit).
+ *
+ * The thread-state layer's own structures (interpreters, thread states, QSBR slots, delayed
+ * queues) are the library's, so it prepares them itself: before the fork it stops every
+ * interpreter's world and takes their locks; the parent releases them; the child resets them
+ * and drops the states of threads that do not exist there (interp.c tells the details).
  */
 #include <pthread.h>
 
 #include "internal.h"
+#include "tstate_internal.h"
+
+static void prepare_fork(void) { ng_tstate_layer_before_fork(); }
+
+static void parent_after_fork(void) { ng_tstate_layer_after_fork_parent(); }
 
 static void child_after_fork(void)
 {
@@ -17,10 +27,12 @@ static void child_after_fork(void)
     /* The child is a new address space: register it for membarrier (or fall back to CAS
      * unlocks while it still has a single thread, before anyone can depend on the mode). */
     ng_park_announce_init();
+    /* After the parking lot forgot the dead waiters: this re-initialises locks. */
+    ng_tstate_layer_after_fork_child();
 }
 
 __attribute__((constructor)) static void init_core(void)
 {
     ng_park_announce_init();
-    pthread_atfork(NULL, NULL, child_after_fork);
+    pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
 }

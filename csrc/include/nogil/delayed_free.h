@@ -61,7 +61,7 @@ typedef struct ng_delayed_queue {
     uint64_t items;        /* entries not yet run */
     uint64_t bytes;        /* their accounted size */
     uint64_t oldest_goal;  /* goal of the head entry (0: empty) */
-    int64_t oldest_ns;     /* when the head entry was queued */
+    int64_t oldest_ns;     /* since when the head entry heads the queue (0: empty) */
 } ng_delayed_queue;
 
 /* The interpreter's queue of abandoned work. */
@@ -74,7 +74,9 @@ typedef struct ng_delayed_interp_queue {
 /* Queue work on the calling thread's state `ts` (attached, bound to the calling thread).
  * `size` feeds the memory-aware thresholds. NULL ptr (fn for ng_call_delayed) is ignored.
  * When the chunk cannot be allocated the call waits for a grace period and runs the entry
- * itself (it never fails for lack of memory). Returns NG_OK, NG_EWRONGTHREAD, NG_ESTATE. */
+ * itself (it never fails for lack of memory). While the caller has stopped the world, a plain
+ * free runs at once (calls and objects still queue: they run user code). Returns NG_OK,
+ * NG_EINVAL (ts NULL), NG_ERELEASED, NG_EWRONGTHREAD, NG_ESTATE (not attached). */
 int ng_free_delayed(struct ng_tstate *ts, void *ptr, size_t size);
 int ng_object_free_delayed(struct ng_tstate *ts, void *obj, size_t size);
 int ng_call_delayed(struct ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t size);
@@ -84,8 +86,11 @@ int ng_call_delayed(struct ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t s
  * negative status. Called by ng_tstate_checkpoint when should_process is set. */
 int ng_process_delayed(struct ng_tstate *ts);
 
-/* Waits until every entry queued (by any thread of the interpreter) before the call has run.
- * The caller must be attached; it detaches while waiting. NG_OK or a misuse status. */
+/* Waits until every entry queued (by any thread of the interpreter) before the call has run
+ * (entries already running elsewhere excepted). The caller must be attached and hold no
+ * references into shared structures across the call: the barrier stops the world and reports a
+ * quiescent state for it. NG_OK, NG_EBUSY (called from a delayed entry, or while the caller
+ * has stopped the world), or a misuse status. */
 int ng_qsbr_barrier(struct ng_tstate *ts);
 
 /* Internal to the core (thread-state layer): move `ts`'s queue to the interpreter's and process

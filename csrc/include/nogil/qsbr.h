@@ -14,6 +14,13 @@
  * Hot operations (attach, detach, quiescent state, goal check, advance) are inline here; Go
  * performs the same operations with sync/atomic on the same words (qsbr.go).
  *
+ * A thread that must wait for a goal can sleep (ng_qsbr_wait) instead of polling: it counts
+ * itself in `waiters`, and a quiescent report or detach that finds waiters wakes them, as
+ * liburcu's readers wake synchronize_rcu. The report stays two loads and a compare while the
+ * thread has nothing new to report. Code that writes a slot's seq itself (the Go mirror) must
+ * do the same: after its store, a full fence, then ng_qsbr_wake_waiters if `waiters` is not
+ * zero. A waiter also wakes every 10 ms by itself, so a report that forgets only delays it.
+ *
  * Fork: ng_qsbr_after_fork (called by the interpreter's child handler) frees every slot but the
  * survivor's. Thread exit: the thread-state layer detaches and unregisters the slot.
  */
@@ -25,6 +32,7 @@
 #include <stdint.h>
 #include "atomic.h"
 #include "mutex.h"
+#include "raw_mutex.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,7 +107,9 @@ typedef struct ng_qsbr_shared {
     char pad0[NG_QSBR_SLOT_ALIGN - sizeof(uint64_t)];
     uint64_t rd_seq;                   /* min seq of online slots seen by the last scan */
     ng_qsbr_slot *laggard;             /* slot that failed the last poll (a hint) */
-    char pad1[NG_QSBR_SLOT_ALIGN - sizeof(uint64_t) - sizeof(void *)];
+    uint32_t waiters;                  /* threads sleeping in ng_qsbr_wait */
+    uint32_t wake_seq;                 /* their parking word, bumped by every wake */
+    char pad1[NG_QSBR_SLOT_ALIGN - 2 * sizeof(uint64_t) - sizeof(void *)];
     ng_qsbr_slot *segments[NG_QSBR_MAX_SEGMENTS]; /* published with release, never moved */
     uint32_t nsegments;                /* acquire-read by scanners */
     uint32_t high_water;               /* slots ever handed out; scans stop here */
@@ -117,7 +127,11 @@ typedef struct ng_qsbr_shared {
     uint64_t scans;
     uint64_t advances;
     uint64_t stalls_reported;
-    ng_qsbr_stall last_stall;          /* under mutex */
+    ng_qsbr_stall last_stall;          /* under stall_lock */
+    /* Not the mutex: statistics must be readable by a thread that has stopped the world, and
+     * the mutex may have been handed to a thread that is now suspended (spec R9). The raw
+     * mutex is held only for the copy, never across anything that can suspend. */
+    ng_raw_mutex stall_lock;
 } ng_qsbr_shared;
 
 /* Initialises `shared` (wr_seq = rd_seq = initial, which is NG_QSBR_INITIAL unless the
@@ -167,24 +181,44 @@ static inline uint64_t ng_qsbr_advance(ng_qsbr_shared *shared)
     return ng_atomic_fetch_add(&shared->wr_seq, NG_QSBR_INCR, NG_SEQ_CST) + NG_QSBR_INCR;
 }
 
-/* Reports that the owning thread holds no pointers into shared structures. Release: its
- * earlier reads happen-before a reclaimer that sees the new seq. */
+/* Wakes the threads sleeping in ng_qsbr_wait (out of line: reports call it only when some
+ * thread waits). */
+void ng_qsbr_wake_waiters(ng_qsbr_shared *shared);
+
+/* Out-of-line part of ng_qsbr_quiescent_state: publishes `current` (read relaxed from
+ * wr_seq) as the slot's seq and wakes waiters. */
+void ng_qsbr_report(ng_qsbr_slot *slot, uint64_t current);
+
+/* Reports that the owning thread holds no pointers into shared structures. Nothing to do when
+ * the slot already holds the current sequence: the report that stored it ordered every later
+ * read after the unlinks of all goals up to it (liburcu skips the same way). Relaxed loads:
+ * a skipped report adopts nothing, and ng_qsbr_report's acquire fence turns the load into an
+ * acquire when the value is adopted (relaxed also lets a loop keep slot->shared in a
+ * register). */
 static inline void ng_qsbr_quiescent_state(ng_qsbr_slot *slot)
 {
-    ng_atomic_store(&slot->seq, ng_qsbr_shared_current(slot->shared), NG_RELEASE);
+    uint64_t current = ng_atomic_load(&slot->shared->wr_seq, NG_RELAXED);
+    if (__builtin_expect(ng_atomic_load(&slot->seq, NG_RELAXED) != current, 0))
+        ng_qsbr_report(slot, current); /* only the owner writes its seq */
 }
 
-/* Comes online. Seq-cst store: pairs with the scan's seq-cst fence (Dekker), so either the
- * scanner sees this seq or this thread's later loads see the unlink. */
+/* Comes online. The seq-cst fence after the store pairs with the scan's seq-cst fence
+ * (Dekker), so either the scanner sees this seq or this thread's later loads see the unlink.
+ * A seq-cst store alone is not enough: later relaxed loads may pass it (arm64: stlr, ldr). */
 static inline void ng_qsbr_attach(ng_qsbr_slot *slot)
 {
-    ng_atomic_store(&slot->seq, ng_qsbr_shared_current(slot->shared), NG_SEQ_CST);
+    ng_atomic_store(&slot->seq, ng_qsbr_shared_current(slot->shared), NG_RELAXED);
+    ng_atomic_fence(NG_SEQ_CST);
 }
 
-/* Goes offline. Release: reads made while online happen-before the reclaimer's free. */
+/* Goes offline. Release: reads made while online happen-before the reclaimer's free. Going
+ * offline may end a grace period, so it wakes waiters as a report does (same fence). */
 static inline void ng_qsbr_detach(ng_qsbr_slot *slot)
 {
     ng_atomic_store(&slot->seq, NG_QSBR_OFFLINE, NG_RELEASE);
+    ng_atomic_fence(NG_SEQ_CST);
+    if (ng_atomic_load(&slot->shared->waiters, NG_RELAXED) != 0)
+        ng_qsbr_wake_waiters(slot->shared);
 }
 
 /* Whether `goal` is known reached, without scanning. Seq-cst load of rd_seq (CPython's). */
@@ -205,6 +239,13 @@ static inline bool ng_qsbr_poll(ng_qsbr_slot *slot, uint64_t goal)
 {
     return ng_qsbr_goal_reached(slot, goal) || ng_qsbr_poll_slow(slot, goal);
 }
+
+/* Waits until `goal` is reached: polls for a couple of microseconds, then sleeps until a
+ * quiescent report or detach wakes it (or 10 ms pass) and polls again. `slot` is the
+ * caller's; it must be offline or at or past the goal (an online slot behind it would wait for
+ * itself: NG_ESTATE). Sleeps without detaching anything: the caller's thread state, if any,
+ * should be detached. timeout_ns < 0: no limit. NG_OK, NG_TIMEOUT, NG_ESTATE, NG_EINVAL. */
+int ng_qsbr_wait(ng_qsbr_slot *slot, uint64_t goal, int64_t timeout_ns);
 
 /* Memory-aware goals (CPython 3.14's should_advance_qsbr_for_free / _for_page). Returns the
  * goal for `size` bytes retired now: advances (and sets slot->should_process) when a threshold

@@ -33,6 +33,7 @@
 #include "event.h"
 #include "mutex.h"
 #include "qsbr.h"
+#include "thread_id.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,7 +76,6 @@ typedef struct ng_tstate {
     uint64_t id;               /* unique per interpreter, from 1 */
     uint64_t thread_id;        /* ng_thread_id() of the bound OS thread */
     pid_t native_tid;
-    uint32_t attach_depth;     /* owner-only: block-hook detach nesting */
     ng_delayed_queue delayed;  /* owner-only (others: under stop-the-world) */
     void *user;                /* free for the embedder (the Go wrapper) */
 } ng_tstate;
@@ -131,7 +131,8 @@ struct ng_interp {
 int ng_interp_new(ng_interp **out);
 /* Deletes an interpreter. Every thread state must have been released, except states of
  * threads blocked in the library, which are moved to SHUTTING_DOWN. Runs the remaining delayed
- * work. NG_OK, NG_EBUSY (a thread state of the calling thread still exists), NG_EINVAL. */
+ * work. NG_OK, NG_EBUSY (a thread state of the calling thread still exists, or the calling
+ * thread has stopped its world), NG_ERELEASED (already deleted), NG_EINVAL. */
 int ng_interp_delete(ng_interp *interp);
 /* Sets the release function of NG_DELAYED_OBJECT entries (default: free). */
 void ng_interp_set_object_free(ng_interp *interp, ng_object_free_fn *fn);
@@ -140,7 +141,8 @@ void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out);
 /* ---- Thread state ----------------------------------------------------------------------- */
 
 /* Creates a thread state for the calling OS thread, DETACHED (SUSPENDED if a stop-the-world is
- * in progress). NG_OK, NG_ENOMEM (nothing leaked: R18), NG_EINVAL. */
+ * in progress). NG_OK, NG_ENOMEM (nothing leaked: R18), NG_ERELEASED (the interpreter is
+ * deleted or being deleted), NG_EINVAL. */
 int ng_tstate_new(ng_interp *interp, ng_tstate **out);
 /* Releases the calling thread's state: detaches if attached, hands its delayed work to the
  * interpreter, unlinks it, releases the GIL, unregisters QSBR, drops both references.
@@ -152,7 +154,8 @@ ng_tstate *ng_tstate_current(void);
 
 /* DETACHED -> ATTACHED (waits while SUSPENDED; takes the GIL when enabled; QSBR online).
  * NG_OK, NG_ESTATE (already attached, or another state of this thread is attached),
- * NG_EWRONGTHREAD, NG_ERELEASED, NG_CANCELLED (SHUTTING_DOWN: release the state). */
+ * NG_EWRONGTHREAD, NG_ERELEASED, NG_CANCELLED (SHUTTING_DOWN: release the state), NG_ENOMEM
+ * (only in the child of fork(), when the state could not get a new QSBR slot). */
 int ng_tstate_attach(ng_tstate *ts);
 /* ATTACHED -> DETACHED (QSBR offline first, then the state, then the GIL). NG_OK, NG_ESTATE,
  * NG_EWRONGTHREAD, NG_ERELEASED. */
@@ -164,7 +167,10 @@ int ng_tstate_detach(ng_tstate *ts);
 int ng_tstate_checkpoint_slow(ng_tstate *ts);
 static inline int ng_tstate_checkpoint(ng_tstate *ts)
 {
-    if (ts != NULL && ts->magic == NG_TSTATE_MAGIC && ts->qsbr != NULL &&
+    /* The owner check comes first: another thread's report would mark the owner quiescent
+     * while it may still hold pointers (and race with the owner's own writes of its seq). */
+    if (ts != NULL && ts->magic == NG_TSTATE_MAGIC &&
+        ng_atomic_load(&ts->thread_id, NG_RELAXED) == ng_thread_id() && ts->qsbr != NULL &&
         ng_atomic_load(&ts->state, NG_RELAXED) == NG_TSTATE_ATTACHED) {
         ng_qsbr_quiescent_state(ts->qsbr);
         if (ng_atomic_load(&ts->pending, NG_RELAXED) == 0)
@@ -181,9 +187,11 @@ void ng_tstate_clear_pending(ng_tstate *ts, uintptr_t bits);
 
 /* Stops every other thread state of the interpreter: detached ones are moved to SUSPENDED,
  * attached ones suspend at their next checkpoint. `ts` is the caller's state (attached or
- * detached) or NULL for a thread without one. The requester waits without detaching (R8).
+ * detached) or NULL for a thread without one (a thread with an attached state in `interp`
+ * must pass that one). The requester waits without detaching (R8).
  * While stopped, the requester must not lock mutexes other threads contend (R9).
- * NG_OK, NG_EWRONGTHREAD, NG_EINVAL. */
+ * NG_OK, NG_EWRONGTHREAD, NG_EBUSY (the calling thread already stopped this world),
+ * NG_ERELEASED, NG_EINVAL. */
 int ng_stop_the_world(ng_interp *interp, ng_tstate *ts);
 /* Restarts the threads stopped by ng_stop_the_world. NG_OK, NG_EINVAL (not stopped). */
 int ng_start_the_world(ng_interp *interp);
@@ -195,9 +203,12 @@ static inline bool ng_world_stopped(const ng_interp *interp)
 /* ---- GIL (off by default) -------------------------------------------------------------- */
 
 /* Counts one "needs the GIL" request; the first one stops the world and turns it on. The
- * caller's state `ts` must be attached (it holds the GIL on return). NG_OK or misuse. */
+ * caller's state `ts` must be attached (it holds the GIL on return). NG_OK, NG_ESTATE (not
+ * attached), NG_EBUSY (INT32_MAX - 1 requests), NG_CANCELLED (the interpreter was deleted
+ * meanwhile), or another misuse status. */
 int ng_gil_enable(ng_tstate *ts);
-/* Drops one request; the last one turns the GIL off and releases it. The caller must hold it. */
+/* Drops one request; the last one turns the GIL off and releases it. The caller must hold it
+ * (else NG_ESTATE; also NG_ESTATE when it is permanent). */
 int ng_gil_disable(ng_tstate *ts);
 /* Permanently on (like PYTHON_GIL=1). */
 int ng_gil_enable_permanent(ng_tstate *ts);

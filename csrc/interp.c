@@ -1,0 +1,337 @@
+/* Interpreters: creation, deletion, statistics, and the fork() handlers of the thread-state
+ * layer.
+ *
+ * An interpreter is reference counted: its creator holds one reference (dropped by
+ * ng_interp_delete) and every thread state whose memory is not yet quarantined holds one. A
+ * state can outlive the deletion (its thread was blocked in the library and only later calls
+ * ng_tstate_release); that release still locks head_lock and unregisters its QSBR slot, so
+ * the memory must stay until the last state is gone. The last reference runs whatever delayed
+ * work arrived late, frees the QSBR segments and quarantines the memory (dead magic, FIFO
+ * pool) so a stale interpreter pointer reads NG_ERELEASED.
+ *
+ * Deletion stops the world, takes every remaining state out of the list and moves it to
+ * SHUTTING_DOWN (waking threads parked in attach, which then get NG_CANCELLED), restarts the
+ * world (nothing in the list is left to resume), abandons those states' queues and runs the
+ * interpreter's queue unconditionally, then drops the list's references.
+ *
+ * Thread exit: nothing here belongs to a thread. fork(): every live interpreter is on a
+ * process-wide list. Before the fork, the prepare handler locks, in this fixed order: the
+ * list's mutex; every interpreter's QSBR mutex (waited for with detaching, so it comes before
+ * the stops); every interpreter's world (stopped, with the forking thread's attached state as
+ * requester); every delayed-queue mutex and head_lock (never held across a wait); the
+ * quarantine pools. So no queue, list or slot is mid-update when the address space is copied.
+ * The parent releases in reverse. The child re-initialises every one of those locks (the forking thread
+ * is their only user now), drops the states of the threads that do not exist any more, hands
+ * their delayed work to the interpreter's queue, and resets stop-the-world and the GIL.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tstate_internal.h"
+
+/* Deleted interpreters queued before the oldest one may be handed out again. */
+#define INTERP_QUARANTINE 8
+
+/* Time after which a waiter for the GIL asks its holder to yield (CPython's 5 ms). */
+#define GIL_INTERVAL_NS (5 * NG_NS_PER_MS)
+
+void (*ng_test_interp_delete_stopped_hook)(ng_interp *interp);
+uint64_t ng_test_interp_frees;
+
+static ng_pool interp_pool = {.keep = INTERP_QUARANTINE};
+
+/* Live interpreters, for the fork handlers. */
+static ng_mutex all_interps_lock;
+static ng_interp *all_interps;
+
+static void link_interp(ng_interp *interp)
+{
+    ng_lock_detach(&all_interps_lock);
+    interp->all_next = all_interps;
+    all_interps = interp;
+    ng_mutex_unlock(&all_interps_lock);
+}
+
+static void unlink_interp(ng_interp *interp)
+{
+    ng_lock_detach(&all_interps_lock);
+    for (ng_interp **p = &all_interps; *p != NULL; p = &(*p)->all_next) {
+        if (*p == interp) {
+            *p = interp->all_next;
+            break;
+        }
+    }
+    interp->all_next = NULL;
+    ng_mutex_unlock(&all_interps_lock);
+}
+
+int ng_interp_check_live(ng_interp *interp)
+{
+    if (interp == NULL)
+        return NG_EINVAL;
+    /* Relaxed: diagnosis of stale pointers only (see ng_tstate_check_live). */
+    if (ng_atomic_load(&interp->magic, NG_RELAXED) != NG_INTERP_MAGIC)
+        return NG_ERELEASED;
+    return NG_OK;
+}
+
+/* ---- Life cycle ---------------------------------------------------------------------- */
+
+int ng_interp_new(ng_interp **out)
+{
+    if (out == NULL)
+        return NG_EINVAL;
+    *out = NULL;
+    ng_tstate_layer_install_hooks();
+    ng_interp_impl *impl;
+    ng_pool_link *link = ng_pool_take(&interp_pool);
+    if (link != NULL) {
+        impl = NG_CONTAINER_OF(link, ng_interp_impl, pool_link);
+        NG_QUARANTINE_UNPOISON(impl, sizeof(*impl));
+        /* Only stale readers can look at the magic; everything else is ours. */
+        ng_atomic_store(&impl->pub.magic, NG_INTERP_DEAD_MAGIC, NG_RELAXED);
+        size_t from = offsetof(ng_interp, magic) + sizeof(impl->pub.magic);
+        memset((char *)impl + from, 0, sizeof(*impl) - from);
+    }
+    else {
+        impl = calloc(1, sizeof(*impl));
+        if (impl == NULL)
+            return NG_ENOMEM;
+    }
+    ng_interp *interp = &impl->pub;
+    if (ng_qsbr_init(&interp->qsbr) != NG_OK) {
+        ng_pool_put(&interp_pool, &impl->pool_link);
+        return NG_ENOMEM;
+    }
+    interp->gil.interval_ns = GIL_INTERVAL_NS;
+    interp->object_free = free;
+    impl->refs = 1;
+    /* Relaxed: published to other threads through whatever hands them the pointer. */
+    ng_atomic_store(&interp->magic, NG_INTERP_MAGIC, NG_RELAXED);
+    link_interp(interp);
+    *out = interp;
+    return NG_OK;
+}
+
+void ng_interp_ref(ng_interp *interp)
+{
+    /* Relaxed: the caller already holds a reference (or the creator's is alive). */
+    ng_atomic_fetch_add(&NG_INTERP_IMPL(interp)->refs, 1, NG_RELAXED);
+}
+
+void ng_interp_unref(ng_interp *interp)
+{
+    ng_interp_impl *impl = NG_INTERP_IMPL(interp);
+    /* Acq-rel: every use through another reference happens-before the teardown. */
+    if (ng_atomic_fetch_sub(&impl->refs, 1, NG_ACQ_REL) != 1)
+        return;
+    /* Work abandoned by states released after the deletion (their release had already
+     * taken over the queue when the deletion came). */
+    ng_delayed_queue_run_all(interp, &interp->delayed.queue);
+    /* Every slot was unregistered by its state's release (or recycled by a fork child). */
+    (void)ng_qsbr_fini(&interp->qsbr);
+    ng_atomic_store(&interp->magic, NG_INTERP_DEAD_MAGIC, NG_RELAXED);
+    /* All but the magic (and the pool link) is off limits now. */
+    char *base = (char *)impl;
+    size_t from = sizeof(uint64_t), link = offsetof(ng_interp_impl, pool_link);
+    NG_QUARANTINE_POISON(base + from, link - from);
+    NG_QUARANTINE_POISON(base + link + sizeof(ng_pool_link),
+                         sizeof(*impl) - link - sizeof(ng_pool_link));
+    ng_pool_put(&interp_pool, &impl->pool_link);
+    ng_atomic_fetch_add(&ng_test_interp_frees, 1, NG_RELAXED); /* statistics */
+}
+
+/* Runs everything in the interpreter's queue. Entries run user code, so not under the
+ * queue's mutex: the queue is moved out first (a release racing with the deletion may still
+ * be adding to it; what it adds later runs with the last reference). */
+static void run_interp_queue(ng_interp *interp)
+{
+    ng_delayed_interp_queue *iq = &interp->delayed;
+    ng_lock_nodetach(&iq->mutex);
+    ng_delayed_queue taken = {
+        .head = iq->queue.head,
+        .tail = iq->queue.tail,
+        .items = iq->queue.items,
+        .bytes = iq->queue.bytes,
+    };
+    iq->queue.head = iq->queue.tail = NULL;
+    /* Relaxed: statistics readers load these without the mutex. */
+    ng_atomic_store(&iq->queue.items, 0, NG_RELAXED);
+    ng_atomic_store(&iq->queue.bytes, 0, NG_RELAXED);
+    ng_atomic_store(&iq->queue.oldest_goal, 0, NG_RELAXED);
+    ng_atomic_store(&iq->queue.oldest_ns, 0, NG_RELAXED);
+    ng_atomic_store(&iq->has_work, 0, NG_RELAXED); /* a hint for processors */
+    ng_mutex_unlock(&iq->mutex);
+    ng_delayed_queue_run_all(interp, &taken);
+}
+
+int ng_interp_delete(ng_interp *interp)
+{
+    int err = ng_interp_check_live(interp);
+    if (err != NG_OK)
+        return err;
+    ng_interp_impl *impl = NG_INTERP_IMPL(interp);
+    /* Our own state would be torn down under our feet; our own stop would never end. */
+    if (ng_tstate_thread_has_state_in(interp) || ng_stw_stopped_by_me(interp))
+        return NG_EBUSY;
+    ng_lock_nodetach(&interp->head_lock);
+    if (impl->deleting) {
+        ng_mutex_unlock(&interp->head_lock);
+        return NG_ERELEASED;
+    }
+    impl->deleting = 1; /* no new states from now on */
+    ng_mutex_unlock(&interp->head_lock);
+    unlink_interp(interp);
+
+    (void)ng_stw_stop(interp, NULL);
+    void (*stopped_hook)(ng_interp *) =
+        ng_atomic_load(&ng_test_interp_delete_stopped_hook, NG_RELAXED); /* test knob */
+    if (stopped_hook != NULL)
+        stopped_hook(interp);
+    ng_tstate_impl *claimed = NULL;
+    ng_lock_nodetach(&interp->head_lock);
+    while (interp->threads != NULL) {
+        ng_tstate *ts = interp->threads;
+        ng_tstate_unlink_locked(ts);
+        NG_TSTATE_IMPL(ts)->claimed_next = claimed;
+        claimed = NG_TSTATE_IMPL(ts);
+        /* Release: the thread that sees SHUTTING_DOWN does nothing but release the state. */
+        ng_atomic_store(&ts->state, NG_TSTATE_SHUTTING_DOWN, NG_RELEASE);
+        ng_unpark_all(&ts->state);
+    }
+    ng_mutex_unlock(&interp->head_lock);
+    (void)ng_stw_start(interp);
+
+    /* The owners cannot attach any more, so their queues are ours (unless a release got to
+     * them first). The list's references go last: until then no state can be freed. */
+    for (ng_tstate_impl *c = claimed; c != NULL; c = c->claimed_next) {
+        if (!c->releasing) {
+            ng_delayed_abandon(&c->pub, NULL);
+            ng_atomic_store(&c->pub.cleared, 1, NG_RELAXED);
+        }
+    }
+    run_interp_queue(interp);
+    while (claimed != NULL) {
+        ng_tstate_impl *next = claimed->claimed_next;
+        ng_tstate_decref(&claimed->pub, 1);
+        claimed = next;
+    }
+    ng_atomic_store(&interp->magic, NG_INTERP_DEAD_MAGIC, NG_RELAXED);
+    ng_interp_unref(interp);
+    return NG_OK;
+}
+
+void ng_interp_set_object_free(ng_interp *interp, ng_object_free_fn *fn)
+{
+    if (ng_interp_check_live(interp) != NG_OK)
+        return;
+    /* Relaxed: to be set before objects are queued; the queueing thread's own processing
+     * reads it after its attach. */
+    ng_atomic_store(&interp->object_free, fn != NULL ? fn : free, NG_RELAXED);
+}
+
+/* ---- Statistics ----------------------------------------------------------------------- */
+
+static void add_queue(ng_delayed_queue *q, ng_interp_stats *out, int64_t *oldest_ns)
+{
+    /* Relaxed: each counter is written by its owner; a snapshot of recent values is all a
+     * statistic needs. */
+    uint64_t items = ng_atomic_load(&q->items, NG_RELAXED);
+    out->delayed_items += items;
+    out->delayed_bytes += ng_atomic_load(&q->bytes, NG_RELAXED);
+    int64_t since = ng_atomic_load(&q->oldest_ns, NG_RELAXED);
+    if (items != 0 && since > 0 && (*oldest_ns == 0 || since < *oldest_ns))
+        *oldest_ns = since;
+}
+
+void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out)
+{
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof(*out));
+    if (ng_interp_check_live(interp) != NG_OK)
+        return;
+    int64_t oldest_ns = 0;
+    ng_lock_nodetach(&interp->head_lock);
+    out->threads = interp->nthreads;
+    /* The queues, not the QSBR slots: a state may be linked but not registered yet (R7). */
+    for (ng_tstate *ts = interp->threads; ts != NULL; ts = ts->next)
+        add_queue(&ts->delayed, out, &oldest_ns);
+    ng_mutex_unlock(&interp->head_lock);
+    uint64_t before = out->delayed_items;
+    add_queue(&interp->delayed.queue, out, &oldest_ns);
+    out->interp_queue_items = out->delayed_items - before;
+    /* Relaxed: statistics. */
+    out->stops = ng_atomic_load(&interp->stops, NG_RELAXED);
+    out->gil_enabled = ng_atomic_load(&interp->gil.enabled, NG_RELAXED);
+    ng_qsbr_get_stats(&interp->qsbr, &out->qsbr);
+    if (oldest_ns != 0) {
+        int64_t age = ng_monotonic_ns() - oldest_ns;
+        out->oldest_pending_age_ns = age > 0 ? age : 0;
+    }
+}
+
+/* ---- fork() -------------------------------------------------------------------------- */
+
+void ng_tstate_layer_before_fork(void)
+{
+    ng_lock_detach(&all_interps_lock);
+    /* Waited for with detaching (by QSBR's users too), so a holder may be suspended by a stop
+     * while it waits for the restart with the mutex handed to it: take it before stopping. */
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next)
+        ng_lock_detach(&in->qsbr.mutex);
+    ng_tstate *current = ng_tstate_current();
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        ng_interp_impl *impl = NG_INTERP_IMPL(in);
+        /* A world this thread stopped itself stays as it is (the thread restarts it). */
+        impl->fork_stopped = !ng_stw_stopped_by_me(in);
+        if (impl->fork_stopped)
+            ng_stw_stop(in, current != NULL && current->interp == in ? current : NULL);
+    }
+    /* Never held across a wait, and taken while the world is stopped by its own users
+     * (delayed_free.c's barrier): after the stops. */
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        /* delayed_free.c's order: the queue's mutex, then head_lock. */
+        ng_lock_nodetach(&in->delayed.mutex);
+        ng_lock_nodetach(&in->head_lock);
+    }
+    ng_lock_nodetach(&interp_pool.lock);
+    ng_tstate_layer_lock_pool();
+}
+
+void ng_tstate_layer_after_fork_parent(void)
+{
+    ng_tstate_layer_unlock_pool();
+    ng_mutex_unlock(&interp_pool.lock);
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        ng_interp_impl *impl = NG_INTERP_IMPL(in);
+        ng_mutex_unlock(&in->head_lock);
+        ng_mutex_unlock(&in->delayed.mutex);
+        if (impl->fork_stopped) {
+            impl->fork_stopped = 0;
+            ng_stw_start(in);
+        }
+        ng_mutex_unlock(&in->qsbr.mutex);
+    }
+    ng_mutex_unlock(&all_interps_lock);
+}
+
+void ng_tstate_layer_after_fork_child(void)
+{
+    ng_mutex_at_fork_reinit(&all_interps_lock);
+    ng_mutex_at_fork_reinit(&interp_pool.lock);
+    ng_tstate_layer_reinit_pool();
+    ng_tstate *current = ng_tstate_current();
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        ng_mutex_at_fork_reinit(&in->head_lock);
+        ng_mutex_at_fork_reinit(&in->delayed.mutex);
+        /* The QSBR mutex is re-initialised by ng_qsbr_after_fork. */
+        ng_tstate_after_fork_child(in);
+        ng_stw_after_fork_child(in);
+        ng_gil_after_fork_child(in, current != NULL && current->interp == in ? current : NULL);
+        uint64_t n = 0;
+        for (ng_tstate *ts = in->threads; ts != NULL; ts = ts->next)
+            n++;
+        in->nthreads = n;
+    }
+}

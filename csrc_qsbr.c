@@ -1,0 +1,3 @@
+// Compiles csrc/qsbr.c into the root package (cgo only compiles .c files in the package
+// directory); csrc_deps.go embeds csrc/ so that edits there invalidate the build cache.
+#include "csrc/qsbr.c"
