@@ -1,5 +1,6 @@
 // Package nogil is the runtime machinery of CPython's free-threaded build as a standalone
-// library for Go and C: an address-keyed parking lot and the lock family built on it.
+// library for Go and C: an address-keyed parking lot and the lock family built on it,
+// interpreters and thread states, QSBR and delayed frees.
 //
 // Every lock keeps its whole state in a byte or word of C memory, so the same lock can be
 // used from Go and from C (see CPtr and csrc/include/nogil.h). Uncontended operations are
@@ -10,6 +11,10 @@
 //   - Event: one-shot notification. Once: initialiser retried until it succeeds.
 //   - RWMutex: writer-preferring. SeqLock: optimistic readers. RecursiveMutex.
 //   - Park / Unpark / UnparkAll: compare-and-sleep on any C address, for building more.
+//   - Interpreter, ThreadState: goroutines bind thread states (Bind) and attach while they
+//     read lock-free structures. FreeDelayed and CallDelayed reclaim what was unlinked from
+//     them once every attached goroutine has passed a Checkpoint (QSBR). StopTheWorld, and
+//     a GIL that can be switched on (EnableGIL).
 //
 // Waiting calls block the calling OS thread (not only the goroutine), because the waiter
 // sleeps in C; LockContext, WaitContext and ParkContext are woken directly when their

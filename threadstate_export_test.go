@@ -1,0 +1,27 @@
+package nogil
+
+import "unsafe"
+
+// Exported for the external tests only (this file is compiled into package nogil when
+// testing): the layout the Go fast paths assume, in ctest.TStateLayoutItems order, measured
+// from the addresses the wrappers actually use.
+func FastPathLayout(ts *ThreadState) []uintptr {
+	base := uintptr(unsafe.Pointer(ts.c))
+	slot := uintptr(unsafe.Pointer(ts.slot))
+	shared := uintptr(unsafe.Pointer(ts.slot.shared))
+	interp := uintptr(unsafe.Pointer(ts.interp.c))
+	return []uintptr{
+		uintptr(unsafe.Pointer(ts.state)) - base,
+		uintptr(unsafe.Pointer(ts.pending)) - base,
+		uintptr(unsafe.Pointer(ts.holdsGIL)) - base,
+		uintptr(unsafe.Pointer(ts.seq)) - slot,
+		uintptr(unsafe.Pointer(ts.wrSeq)) - shared,
+		uintptr(unsafe.Pointer(ts.rdSeq)) - shared,
+		uintptr(unsafe.Pointer(&ts.slot.shared.advances)) - shared,
+		shared - interp,
+		uintptr(unsafe.Pointer(&ts.interp.c.gil.enabled)) - interp,
+		unsafe.Sizeof(*ts.state),
+		unsafe.Sizeof(*ts.pending),
+		unsafe.Sizeof(*ts.seq),
+	}
+}
