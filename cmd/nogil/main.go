@@ -10,6 +10,7 @@
 //
 //	lockbench  lock throughput and fairness (CPython's Tools/lockbench method),
 //	           plus the park/unpark hand-off round trip
+//	qsbrbench  QSBR against liburcu's QSBR flavour (quiescent state, grace period, delayed free, poll)
 //
 // Each command lives in its own file and registers itself from an init function, so adding
 // one (qsbrbench, allocbench, ...) does not touch this file.
