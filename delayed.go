@@ -246,3 +246,16 @@ func (r *runner) close() {
 	r.wait(uint64(C.ng_go_kick(r.box)))
 	C.ng_go_stop(r.box)
 }
+
+// Pending reports the delayed frees and calls this thread state has queued that have not run
+// yet, and the bytes they account for (the per-thread counterpart of Stats' DelayedItems and
+// DelayedBytes). It may be called from any goroutine: two atomic loads, no cgo call. A
+// released state reports 0, 0: its work went to the interpreter's queue.
+func (ts *ThreadState) Pending() (items, bytes uint64) {
+	if ts == nil || ts.dead == nil || atomic.LoadUint32(ts.dead) != C.NG_GO_LIVE {
+		return 0, 0
+	}
+	// The owner updates both with relaxed C atomics; each value is recent on its own.
+	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&ts.c.delayed.items))),
+		atomic.LoadUint64((*uint64)(unsafe.Pointer(&ts.c.delayed.bytes)))
+}

@@ -170,6 +170,9 @@ func TestProcessDelayedCounts(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			must(t, "FreeDelayed", ts.FreeDelayed(ctest.Alloc(8), 8))
 		}
+		if items, bytes := ts.Pending(); items != 5 || bytes != 40 {
+			t.Errorf("Pending = %d items, %d bytes; want 5, 40", items, bytes)
+		}
 		// Below the limits nothing advances the write sequence, so the entries' goal (the
 		// next sequence) is not reached yet.
 		must(t, "Checkpoint", ts.Checkpoint())
@@ -183,6 +186,9 @@ func TestProcessDelayedCounts(t *testing.T) {
 		}
 		if s := stats(t, in); s.DelayedItems != 0 {
 			t.Errorf("%d delayed items left", s.DelayedItems)
+		}
+		if items, bytes := ts.Pending(); items != 0 || bytes != 0 {
+			t.Errorf("Pending after processing = %d items, %d bytes; want 0, 0", items, bytes)
 		}
 	})
 }
