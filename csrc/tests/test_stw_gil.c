@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "tstate_internal.h"
+#include "tstate_helpers.h"
 
 /* Thread sanitizer runs these loops much slower; its runs use smaller sizes. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -14,22 +14,6 @@
 #define SANITIZED 0
 #endif
 
-static ng_interp *new_interp(void)
-{
-    ng_interp *in = NULL;
-    if (!CHECK_STATUS(ng_interp_new(&in), NG_OK))
-        return NULL;
-    return in;
-}
-
-static uint32_t state_of(ng_tstate *ts) { return ng_atomic_load(&ts->state, NG_SEQ_CST); }
-
-static ng_interp_stats stats_of(ng_interp *in)
-{
-    ng_interp_stats st;
-    ng_interp_get_stats(in, &st);
-    return st;
-}
 
 /* ==== Workers ============================================================================ */
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "tstate_internal.h"
+#include "tstate_helpers.h"
 
 /* Thread creation is 10-30 times slower under ThreadSanitizer; its churn is shorter. */
 #if defined(__SANITIZE_THREAD__)
@@ -23,22 +23,6 @@
 
 /* ==== Helpers ============================================================================= */
 
-static ng_interp *new_interp(void)
-{
-    ng_interp *in = NULL;
-    if (!CHECK_STATUS(ng_interp_new(&in), NG_OK))
-        return NULL;
-    return in;
-}
-
-static uint32_t state_of(ng_tstate *ts) { return ng_atomic_load(&ts->state, NG_SEQ_CST); }
-
-static ng_interp_stats stats_of(ng_interp *in)
-{
-    ng_interp_stats st;
-    ng_interp_get_stats(in, &st);
-    return st;
-}
 
 static uint64_t slot_seq(ng_tstate *ts) { return ng_atomic_load(&ts->qsbr->seq, NG_SEQ_CST); }
 

@@ -12,7 +12,7 @@
 
 #include "harness.h"
 #include "qsbr_internal.h"
-#include "tstate_internal.h"
+#include "tstate_helpers.h"
 
 /* ThreadSanitizer cannot start threads in the child of a multi-threaded fork (it dies with
  * status 66): its children skip the thread checks. */
@@ -27,22 +27,6 @@
 #define THREADS_AFTER_FORK 1
 #endif
 
-static ng_interp *new_interp(void)
-{
-    ng_interp *in = NULL;
-    if (!CHECK_STATUS(ng_interp_new(&in), NG_OK))
-        return NULL;
-    return in;
-}
-
-static uint32_t state_of(ng_tstate *ts) { return ng_atomic_load(&ts->state, NG_SEQ_CST); }
-
-static ng_interp_stats stats_of(ng_interp *in)
-{
-    ng_interp_stats st;
-    ng_interp_get_stats(in, &st);
-    return st;
-}
 
 /* ==== R3: deletion while threads come and go =============================================== */
 
