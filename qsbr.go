@@ -6,6 +6,7 @@ package nogil
 import "C"
 
 import (
+	"github.com/nogil-go/nogil/internal/gtoken"
 	"sync/atomic"
 	"unsafe"
 )
@@ -25,14 +26,22 @@ const (
 // reclaimed as far as this goroutine is concerned. The state must be attached (a detached
 // one is quiescent anyway): ErrState otherwise. A sync/atomic store; no cgo call.
 func (ts *ThreadState) QuiescentState() error {
+	// Small enough for the compiler to inline into the caller: the checks of check() and
+	// the state test, then the two loads and a compare of the common "nothing new" case.
+	if ts != nil && ts.c != nil && atomic.LoadUint32(ts.dead) == C.NG_GO_LIVE &&
+		gtoken.Current() == ts.token && atomic.LoadUint32(ts.state) == tsAttached {
+		ts.quiescent()
+		return nil
+	}
+	return ts.quiescentMisuse()
+}
+
+// quiescentMisuse reports why QuiescentState could not report.
+func (ts *ThreadState) quiescentMisuse() error {
 	if err := ts.check("QuiescentState"); err != nil {
 		return err
 	}
-	if atomic.LoadUint32(ts.state) != tsAttached {
-		return ts.fail("QuiescentState", C.NG_ESTATE)
-	}
-	ts.quiescent()
-	return nil
+	return ts.fail("QuiescentState", C.NG_ESTATE)
 }
 
 // quiescent is ng_qsbr_quiescent_state: adopt the current write sequence. The C store is a
@@ -45,10 +54,17 @@ func (ts *ThreadState) quiescent() {
 	if raceEnabled {
 		ts.edges.qsbr.release()
 	}
-	wr := atomic.LoadUint64(ts.wrSeq)
-	if atomic.LoadUint64(ts.seq) == wr {
-		return
+	if wr := atomic.LoadUint64(ts.wrSeq); atomic.LoadUint64(ts.seq) != wr {
+		ts.report(wr)
 	}
+}
+
+// report publishes a new sequence and wakes threads sleeping in ng_qsbr_wait, as
+// ng_qsbr_report does. Go's atomic store is sequentially consistent, so the waiters load
+// below cannot pass it (the full fence qsbr.h asks for).
+//
+//go:noinline
+func (ts *ThreadState) report(wr uint64) {
 	atomic.StoreUint64(ts.seq, wr)
 	if atomic.LoadUint32((*uint32)(unsafe.Pointer(&ts.slot.shared.waiters))) != 0 {
 		C.ng_qsbr_wake_waiters(ts.slot.shared)
@@ -62,8 +78,10 @@ func (ts *ThreadState) quiescent() {
 // and a store; otherwise it calls into C. The goroutine must hold no pointers into
 // QSBR-protected memory across it. The state must be attached: ErrState otherwise.
 func (ts *ThreadState) Checkpoint() error {
-	if err := ts.check("Checkpoint"); err != nil {
-		return err
+	// The checks of check() spelled inline: this is the path long loops call.
+	if ts == nil || ts.c == nil || atomic.LoadUint32(ts.dead) != C.NG_GO_LIVE ||
+		gtoken.Current() != ts.token {
+		return ts.check("Checkpoint")
 	}
 	if atomic.LoadUint32(ts.state) == tsAttached {
 		ts.quiescent()
