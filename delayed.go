@@ -249,8 +249,9 @@ func (r *runner) close() {
 
 // Pending reports the delayed frees and calls this thread state has queued that have not run
 // yet, and the bytes they account for (the per-thread counterpart of Stats' DelayedItems and
-// DelayedBytes). It may be called from any goroutine: two atomic loads, no cgo call. A
-// released state reports 0, 0: its work went to the interpreter's queue.
+// DelayedBytes). Any goroutine may call it, as long as the state is not released
+// concurrently: two atomic loads, no cgo call. A released state reports 0, 0: its work went
+// to the interpreter's queue.
 func (ts *ThreadState) Pending() (items, bytes uint64) {
 	if ts == nil || ts.dead == nil || atomic.LoadUint32(ts.dead) != C.NG_GO_LIVE {
 		return 0, 0

@@ -405,11 +405,8 @@ static int queue_entry(ng_tstate *ts, uint32_t kind, void *ptr, void *arg, size_
         q->tail = c = fresh;
     }
 
-    /* Seq-cst fence: the caller's unlink (a store) must be ordered before the read of wr_seq
-     * that fixes the goal. The acquire load in the goal computation does not order an earlier
-     * store; the unlink could then become visible after an advance past the goal, and a
-     * reader that reported that newer sequence could still find the memory. */
-    ng_atomic_fence(NG_SEQ_CST);
+    /* The caller's unlink (a store) must be ordered before the read of wr_seq that fixes the
+     * goal: ng_qsbr_goal_for_free fences (or advances, a seq-cst RMW) for us. */
     e.goal = ng_qsbr_goal_for_free(ts->qsbr, size);
     TORTURE_YIELD();
     c->entries[c->wr_idx++] = e;

@@ -487,6 +487,13 @@ int ng_qsbr_wait(ng_qsbr_slot *slot, uint64_t goal, int64_t timeout_ns)
     uint64_t own = ng_atomic_load(&slot->seq, NG_RELAXED);
     if (own != NG_QSBR_OFFLINE && NG_QSBR_LT(own, goal))
         return NG_ESTATE;
+    /* A goal past the write sequence (ng_qsbr_shared_next, a goal_for_free that did not
+     * advance) is reached only after an advance, and an advance wakes nobody: with every
+     * other slot offline no report would follow, and we would sleep a whole slice per advance
+     * or for ever without one. Advance ourselves, as liburcu's synchronize_rcu does (an extra
+     * advance is always safe). Relaxed: a stale value only costs a spare advance. */
+    if (NG_QSBR_LT(ng_atomic_load(&shared->wr_seq, NG_RELAXED), goal))
+        (void)ng_qsbr_advance(shared);
     int64_t start = ng_monotonic_ns();
     int64_t deadline = timeout_ns < 0 ? NG_DEADLINE_NEVER : ng_add_sat(start, timeout_ns);
     int64_t spin_until = ng_add_sat(start, WAIT_SPIN_NS);
@@ -531,6 +538,19 @@ static uint64_t force_advance(ng_qsbr_slot *slot)
     return ng_qsbr_advance(slot->shared);
 }
 
+/* The goal for memory the caller unlinked before the call, without advancing. The seq-cst
+ * fence orders the unlink (a store) before the load of wr_seq: the acquire load alone does
+ * not, so the load could read a sequence older than one a concurrent advance already
+ * published while the unlink is still invisible (x86's store buffer does exactly this); a
+ * reader that adopted the newer sequence and then still found the memory would not hold
+ * back the goal. The advance path needs no fence: its seq-cst RMW releases the unlink to
+ * every thread that adopts the new sequence. */
+static uint64_t goal_without_advance(ng_qsbr_shared *shared)
+{
+    ng_atomic_fence(NG_SEQ_CST);
+    return ng_qsbr_shared_next(shared);
+}
+
 uint64_t ng_qsbr_goal_for_free(ng_qsbr_slot *slot, size_t size)
 {
     if (!slot_valid(slot))
@@ -548,7 +568,7 @@ uint64_t ng_qsbr_goal_for_free(ng_qsbr_slot *slot, size_t size)
         slot->deferred_memory = 0;
         return force_advance(slot);
     }
-    return ng_qsbr_shared_next(shared);
+    return goal_without_advance(shared);
 }
 
 uint64_t ng_qsbr_goal_for_page(ng_qsbr_slot *slot, size_t page_bytes)
@@ -562,7 +582,7 @@ uint64_t ng_qsbr_goal_for_page(ng_qsbr_slot *slot, size_t page_bytes)
         slot->deferred_page_memory = 0;
         return force_advance(slot);
     }
-    return ng_qsbr_shared_next(shared);
+    return goal_without_advance(shared);
 }
 
 /* ---- Fork and statistics ---------------------------------------------------------------- */

@@ -1042,6 +1042,37 @@ TEST(qsbr_wait_statuses)
     CHECK_STATUS(ng_qsbr_fini(&shared), NG_OK);
 }
 
+/* A goal from ng_qsbr_shared_next (or a non-advancing ng_qsbr_goal_for_free) lies past the
+ * write sequence until someone advances. A waiter must not depend on somebody else doing it:
+ * an advance wakes nobody, so with every other slot offline it would sleep through its whole
+ * re-poll interval after each advance, and without one it would never return at all. */
+TEST(qsbr_wait_for_an_unadvanced_goal_returns)
+{
+    ng_qsbr_shared shared;
+    ng_qsbr_init(&shared);
+    static ng_tstate ts[2];
+    ng_qsbr_slot *waiter = new_slot(&shared, &ts[0]);
+    ng_qsbr_slot *freer = new_slot(&shared, &ts[1]);
+    REQUIRE(waiter && freer);
+    ng_test_qsbr_wait_slice_ns = 600 * NG_NS_PER_SEC;
+    uint64_t goal = ng_qsbr_shared_next(&shared);
+    CHECK_STATUS(ng_qsbr_wait(waiter, goal, 200 * NG_NS_PER_MS), NG_OK);
+    CHECK(ng_qsbr_poll(waiter, goal));
+
+    /* The same through the memory-aware goal of a small free (no advance of its own). */
+    ng_qsbr_attach(freer);
+    uint64_t before = ng_atomic_load(&shared.wr_seq, NG_RELAXED);
+    goal = ng_qsbr_goal_for_free(freer, 16);
+    CHECK_EQ(ng_atomic_load(&shared.wr_seq, NG_RELAXED), before);
+    ng_qsbr_detach(freer);
+    CHECK_STATUS(ng_qsbr_wait(waiter, goal, 200 * NG_NS_PER_MS), NG_OK);
+    CHECK_EQ(shared.waiters, 0);
+    ng_test_qsbr_wait_slice_ns = 0;
+    drop_slot(freer);
+    drop_slot(waiter);
+    CHECK_STATUS(ng_qsbr_fini(&shared), NG_OK);
+}
+
 struct wait_scene {
     ng_qsbr_shared shared;
     ng_qsbr_slot *waiter;

@@ -167,7 +167,9 @@ static inline uint64_t ng_qsbr_shared_current(const ng_qsbr_shared *shared)
     return ng_atomic_load(&shared->wr_seq, NG_ACQUIRE);
 }
 
-/* The goal for memory retired now, without advancing: someone must advance later. */
+/* The goal for memory retired now, without advancing: someone must advance later. The caller
+ * must order its unlink before this load with a seq-cst fence (an acquire load does not order
+ * an earlier store); ng_qsbr_goal_for_free and _for_page do. */
 static inline uint64_t ng_qsbr_shared_next(const ng_qsbr_shared *shared)
 {
     return ng_qsbr_shared_current(shared) + NG_QSBR_INCR;
@@ -244,7 +246,8 @@ static inline bool ng_qsbr_poll(ng_qsbr_slot *slot, uint64_t goal)
  * quiescent report or detach wakes it (or 10 ms pass) and polls again. `slot` is the
  * caller's; it must be offline or at or past the goal (an online slot behind it would wait for
  * itself: NG_ESTATE). Sleeps without detaching anything: the caller's thread state, if any,
- * should be detached. timeout_ns < 0: no limit. NG_OK, NG_TIMEOUT, NG_ESTATE, NG_EINVAL. */
+ * should be detached. A goal past the write sequence (ng_qsbr_shared_next) is advanced to first.
+ * timeout_ns < 0: no limit. NG_OK, NG_TIMEOUT, NG_ESTATE, NG_EINVAL. */
 int ng_qsbr_wait(ng_qsbr_slot *slot, uint64_t goal, int64_t timeout_ns);
 
 /* Memory-aware goals (CPython 3.14's should_advance_qsbr_for_free / _for_page). Returns the
