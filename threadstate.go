@@ -205,13 +205,14 @@ func (ts *ThreadState) released(op string, dead uint32) error {
 
 // fail turns a C status of a thread-state operation into an error.
 func (ts *ThreadState) fail(op string, st C.int) error {
+	closed := &threadError{op, "the Interpreter was closed; Release this ThreadState", ErrClosed}
 	switch st {
 	case C.NG_EWRONGTHREAD:
 		return ts.wrongThread(op)
 	case C.NG_ERELEASED:
 		return ts.released(op, C.NG_GO_RELEASED)
 	case C.NG_CANCELLED:
-		return &threadError{op, "the Interpreter was closed; Release this ThreadState", ErrClosed}
+		return closed
 	case C.NG_ESTATE:
 		var msg string
 		switch AttachState(atomic.LoadUint32(ts.state)) {
@@ -221,7 +222,7 @@ func (ts *ThreadState) fail(op string, st C.int) error {
 				msg += "; Detach it first"
 			}
 		case ShuttingDown:
-			return &threadError{op, "the Interpreter was closed; Release this ThreadState", ErrClosed}
+			return closed
 		default:
 			msg = "ThreadState is not attached; call Attach first"
 			if op == "Attach" {
