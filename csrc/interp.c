@@ -128,6 +128,7 @@ void ng_interp_unref(ng_interp *interp)
     /* Work abandoned by states released after the deletion (their release had already
      * taken over the queue when the deletion came). */
     ng_delayed_queue_run_all(interp, &interp->delayed.queue);
+    ng_ext_interp_free(interp);
     /* Every slot was unregistered by its state's release (or recycled by a fork child). */
     (void)ng_qsbr_fini(&interp->qsbr);
     ng_atomic_store(&interp->magic, NG_INTERP_DEAD_MAGIC, NG_RELAXED);

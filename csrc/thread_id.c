@@ -2,13 +2,13 @@
 #include "internal.h"
 
 static uint64_t last_thread_id;
-static __thread uint64_t this_thread_id;
+__thread uint64_t ng_thread_id_cached;
 
-uint64_t ng_thread_id(void)
+uint64_t ng_thread_id_assign(void)
 {
-    if (this_thread_id == 0) {
+    if (ng_thread_id_cached == 0) {
         /* Relaxed: only uniqueness matters, and fetch_add is atomic under any order. */
-        this_thread_id = ng_atomic_fetch_add(&last_thread_id, 1, NG_RELAXED) + 1;
+        ng_thread_id_cached = ng_atomic_fetch_add(&last_thread_id, 1, NG_RELAXED) + 1;
     }
-    return this_thread_id;
+    return ng_thread_id_cached;
 }

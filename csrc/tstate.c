@@ -575,6 +575,8 @@ int ng_tstate_release(ng_tstate *ts)
             ng_tstate *caller = tls_current;
             ng_delayed_abandon(ts, caller != NULL && caller->interp == interp ? caller : NULL);
         }
+        /* After the hand-over, whose callbacks may still free into the state's heaps. */
+        ng_ext_clear_tstate(ts);
         ng_atomic_store(&ts->cleared, 1, NG_RELAXED); /* diagnostics only */
     }
     /* A block hook may have detached us inside the abandon (and failed to re-attach if the
@@ -678,9 +680,15 @@ void ng_tstate_after_fork_child(ng_interp *interp)
             ng_tstate_unlink_locked(ts);
             ng_delayed_abandon(ts, NULL);
             ts->qsbr = NULL;
+            ng_ext_clear_tstate(ts);
             ts->refcount = 0;
             tstate_free(ts);
         }
         ts = next;
     }
+    ng_tstate *survivor = current;
+    for (ng_tstate *ts = interp->threads; survivor == NULL && ts != NULL; ts = ts->next)
+        if (ts->thread_id == me)
+            survivor = ts;
+    ng_ext_after_fork_child(interp, survivor);
 }

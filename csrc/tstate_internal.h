@@ -153,6 +153,11 @@ void ng_tstate_layer_unlock_pool(void);
 void ng_tstate_layer_reinit_pool(void);
 /* Child of fork(), per interpreter: drops every state not bound to the forking thread. */
 void ng_tstate_after_fork_child(ng_interp *interp);
+
+/* ext.c: run the registered extensions' hooks (see ng_ext_hooks in nogil/tstate.h). */
+void ng_ext_clear_tstate(ng_tstate *ts);
+void ng_ext_after_fork_child(ng_interp *interp, ng_tstate *survivor);
+void ng_ext_interp_free(ng_interp *interp);
 /* Child of fork(): resets the stop-the-world and GIL bookkeeping of `interp`. */
 void ng_stw_after_fork_child(ng_interp *interp);
 void ng_gil_after_fork_child(ng_interp *interp, ng_tstate *survivor);

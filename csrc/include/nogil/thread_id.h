@@ -4,6 +4,9 @@
  * another thread of the process (a 64-bit counter, assigned on first use). Unlike a TLS address
  * or a kernel tid, an id of an exited thread can therefore never be mistaken for a live one.
  * In the child of fork() the surviving thread keeps its id.
+ *
+ * The id is cached in a thread-local variable so the hot paths that compare owners (the page
+ * allocator's free, thread-state checks) pay one TLS load, not a call.
  */
 #ifndef NOGIL_THREAD_ID_H
 #define NOGIL_THREAD_ID_H
@@ -14,7 +17,17 @@
 extern "C" {
 #endif
 
-uint64_t ng_thread_id(void);
+/* 0 until the thread's first ng_thread_id(); written only by its own thread. */
+extern __thread uint64_t ng_thread_id_cached;
+
+/* Assigns the calling thread's id (first call) and returns it. */
+uint64_t ng_thread_id_assign(void);
+
+static inline uint64_t ng_thread_id(void)
+{
+    uint64_t id = ng_thread_id_cached;
+    return id != 0 ? id : ng_thread_id_assign();
+}
 
 #ifdef __cplusplus
 }

@@ -58,6 +58,9 @@ enum ng_pending_bits {
 #define NG_TSTATE_MAGIC UINT32_C(0x6e677473)      /* "ngts" */
 #define NG_TSTATE_DEAD_MAGIC UINT32_C(0xdeadd7a7)
 
+/* Extensions (see ng_ext_register below) a process can register. */
+#define NG_EXT_MAX 4
+
 typedef struct ng_interp ng_interp;
 
 typedef struct ng_tstate {
@@ -78,6 +81,7 @@ typedef struct ng_tstate {
     pid_t native_tid;
     ng_delayed_queue delayed;  /* owner-only (others: under stop-the-world) */
     void *user;                /* free for the embedder (the Go wrapper) */
+    void *ext[NG_EXT_MAX];     /* per-state data of registered extensions */
 } ng_tstate;
 
 typedef struct ng_stw {
@@ -123,6 +127,7 @@ struct ng_interp {
     ng_object_free_fn *object_free;
     uint64_t stops;
     struct ng_interp *all_next;     /* process-wide list of interpreters (fork handlers) */
+    void *ext[NG_EXT_MAX];          /* per-interpreter data of registered extensions */
 };
 
 /* ---- Interpreter ------------------------------------------------------------------------ */
@@ -216,6 +221,36 @@ static inline bool ng_gil_enabled(const ng_interp *interp)
 {
     return ng_atomic_load(&interp->gil.enabled, NG_RELAXED) != 0;
 }
+
+/* ---- Extensions ------------------------------------------------------------------------ */
+
+/* A component that keeps data per thread state and per interpreter (the page allocator of
+ * mimalloc_shim/) registers hooks once and gets an index i: ts->ext[i] and interp->ext[i] are
+ * its own (NULL at creation). The hooks answer the two questions every structure must: what
+ * happens when the owning thread goes away, and what happens in the child of fork(). */
+typedef struct ng_ext_hooks {
+    /* A thread state goes away; called for every state whose ts->ext[i] is not NULL, exactly
+     * once, and must leave it NULL:
+     *  - on the state's own thread, from ng_tstate_release or the thread-exit destructor, after
+     *    the delayed-free hand-over; ts->qsbr is still registered (online when possible);
+     *  - in the child of fork(), on the surviving thread, for states of threads that did not
+     *    survive; ts->qsbr is NULL there (their slots were recycled).
+     * Not called for states claimed by ng_interp_delete while their thread was blocked:
+     * interp_free below sees their data. */
+    void (*tstate_clear)(ng_tstate *ts, int index);
+    /* Child of fork(), once per interpreter, after the dead threads' states were cleared.
+     * `survivor` is the forking thread's state in `interp` (its attached one, else any), or
+     * NULL when it has none there. Locks of the extension are to be re-initialised here. */
+    void (*after_fork_child)(ng_interp *interp, ng_tstate *survivor, int index);
+    /* The interpreter's last reference is gone (every state was freed): release
+     * interp->ext[i] and whatever the claimed states' ext[i] still held. */
+    void (*interp_free)(ng_interp *interp, int index);
+} ng_ext_hooks;
+
+/* Registers `hooks` (kept by pointer: static storage). Returns the index (>= 0), NG_EBUSY when
+ * NG_EXT_MAX extensions exist, NG_EINVAL for NULL. Registering the same hooks twice returns
+ * the first index. */
+int ng_ext_register(const ng_ext_hooks *hooks);
 
 #ifdef __cplusplus
 }
