@@ -23,5 +23,6 @@
 #include "nogil/qsbr.h"
 #include "nogil/delayed_free.h"
 #include "nogil/tstate.h"
+#include "nogil/alloc.h"
 
 #endif /* NOGIL_H */

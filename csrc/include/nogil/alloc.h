@@ -1,0 +1,293 @@
+/* The page allocator (mimalloc_shim/): a mimalloc-style allocator whose object heaps keep an
+ * emptied page for its size class until a QSBR goal says no lock-free reader can still hold a
+ * pointer into it (CPython's free-threaded mimalloc integration, PEP 703 "page reuse").
+ *
+ * Memory comes from the kernel in 4 MiB segments (mmap, aligned to their size, so the segment
+ * of any block is `p & ~NG_MI_SEGMENT_MASK`). A segment holds pages of one kind: 64 KiB small
+ * pages (blocks up to NG_MI_SMALL_MAX), 512 KiB medium pages (up to NG_MI_MEDIUM_MAX), one
+ * large page (up to NG_MI_LARGE_MAX); bigger blocks get a huge segment of their own. A page
+ * holds blocks of one size class and three free lists: `free` (allocation), `local_free`
+ * (frees by the owner thread) and `thread_free` (frees by any other thread: one atomic push).
+ *
+ * Every thread state has four heaps, as CPython has (spec §6.2): MEM (raw memory), OBJECT,
+ * GC and GC_PRE (GC objects with a two-pointer pre-header). In the three object heaps:
+ *  - a page that becomes empty gets a QSBR goal (ng_qsbr_goal_for_page on the owning state's
+ *    slot, so its bytes count in that slot's deferred-page memory and force an advance past
+ *    the threshold) and stays in its heap for blocks of the same size class; it goes back to
+ *    the segment (any size class), to another thread or to the kernel only once the goal is
+ *    reached;
+ *  - the allocator never writes the first `prefix` bytes of a block (NG_MI_OBJECT_PREFIX,
+ *    NG_MI_GC_PRE_PREFIX): a free block keeps its list link right after them, so the object
+ *    header a racing lock-free reader may still load (ob_tid, flags, ob_ref_local,
+ *    ob_ref_shared in CPython's layout) keeps the values the last owner left until the block
+ *    is allocated again for the same size class. Blocks there are at least prefix + 8 bytes.
+ *
+ * Threads: a heap is used by the thread that owns its thread state, while that state is
+ * attached (as CPython requires for PyObject_Malloc); ng_mi_free may be called by any thread,
+ * with or without a thread state. When a state goes away (release, thread exit) its heaps are
+ * abandoned to the interpreter: segments still holding live blocks or waiting pages go to the
+ * interpreter's abandoned pool, from which any thread of that interpreter reclaims them
+ * (needing a page, or in ng_mi_heap_collect with force); empty ones go back to the kernel.
+ * In the child of fork() the surviving thread adopts the segments of threads that did not
+ * survive. When the interpreter's last reference goes, every segment it still owns is unmapped.
+ *
+ * Errors: allocation failure (the kernel refuses a mapping, or the size overflows) returns
+ * NULL with errno ENOMEM, never aborts. Compiled with NG_MI_DEBUG defined (the sanitizer
+ * builds; Go tag nogil_debug), ng_mi_free checks its argument (ng_mi_free_checked) and returns
+ * NG_EINVAL for a pointer this allocator did not hand out and NG_ESTATE for a double free,
+ * without touching the memory; without it, such a free is undefined like free(3)'s.
+ */
+#ifndef NOGIL_ALLOC_H
+#define NOGIL_ALLOC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "atomic.h"
+#include "status.h"
+#include "thread_id.h"
+#include "tstate.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Geometry ------------------------------------------------------------------------ */
+
+#define NG_MI_SEGMENT_SHIFT 22
+#define NG_MI_SEGMENT_SIZE ((size_t)1 << NG_MI_SEGMENT_SHIFT)  /* 4 MiB */
+#define NG_MI_SEGMENT_MASK (NG_MI_SEGMENT_SIZE - 1)
+#define NG_MI_SMALL_PAGE_SHIFT 16                              /* 64 KiB */
+#define NG_MI_MEDIUM_PAGE_SHIFT 19                             /* 512 KiB */
+#define NG_MI_SMALL_MAX ((size_t)16 * 1024)      /* largest block on a small page */
+#define NG_MI_MEDIUM_MAX ((size_t)128 * 1024)    /* largest block on a medium page */
+#define NG_MI_LARGE_MAX ((size_t)2 * 1024 * 1024) /* larger blocks get a huge segment */
+/* Sizes up to this are served by the inline fast path (heap->direct). */
+#define NG_MI_DIRECT_MAX ((size_t)1024)
+#define NG_MI_DIRECT_WSIZE (NG_MI_DIRECT_MAX / 8)
+
+/* Bytes at the start of a block of the object heaps that the allocator never writes:
+ * offsetof(PyObject, ob_type) in CPython's free-threaded LP64 layout, plus the two-pointer
+ * GC pre-header for GC_PRE. */
+#define NG_MI_OBJECT_PREFIX 24
+#define NG_MI_GC_PRE_PREFIX (NG_MI_OBJECT_PREFIX + 16)
+
+typedef enum ng_mi_heap_kind {
+    NG_MI_HEAP_MEM = 0,    /* raw memory; no QSBR gating; prefix 0 */
+    NG_MI_HEAP_OBJECT = 1, /* plain objects */
+    NG_MI_HEAP_GC = 2,     /* GC objects */
+    NG_MI_HEAP_GC_PRE = 3, /* GC objects with a pre-header */
+    NG_MI_HEAP_COUNT = 4,
+} ng_mi_heap_kind;
+
+enum ng_mi_segment_kind {
+    NG_MI_SEGMENT_SMALL = 0,
+    NG_MI_SEGMENT_MEDIUM = 1,
+    NG_MI_SEGMENT_LARGE = 2,
+    NG_MI_SEGMENT_HUGE = 3,
+};
+
+/* ng_mi_page.flags: any bit set sends ng_mi_free to the out-of-line path. */
+enum ng_mi_page_flags {
+    NG_MI_PAGE_IN_FULL = 1u << 0, /* in its heap's full queue: frees must notify the heap */
+    NG_MI_PAGE_HUGE = 1u << 1,    /* the only page of a huge segment */
+};
+
+typedef struct ng_mi_block ng_mi_block; /* a free block; its link is at page->link_offset */
+typedef struct ng_mi_heap ng_mi_heap;
+typedef struct ng_mi_thread ng_mi_thread; /* a thread state's four heaps (private) */
+
+/* A page descriptor; it lives in its segment's header, never inside the page. The fields up
+ * to `flags` are the fast path's (the inline functions below and the Go wrapper, checked by
+ * a layout test); the rest belongs to mimalloc_shim/. */
+typedef struct ng_mi_page {
+    ng_mi_block *free;          /* owner only: blocks ready to hand out */
+    ng_mi_block *local_free;    /* owner only: blocks the owner freed since the last collect */
+    uint32_t used;              /* owner only: blocks handed out and not collected back */
+    uint16_t link_offset;       /* where a free block keeps its next pointer (heap prefix) */
+    uint8_t flags;              /* ng_mi_page_flags; owner only */
+    uint8_t heap_kind;          /* ng_mi_heap_kind of the heap it serves (its tag) */
+    size_t block_size;          /* 0 while the page is not in use */
+    /* Frees by other threads: a block list, with a two-bit state in the low bits
+     * (mimalloc_shim/ documents it). Atomic. */
+    uintptr_t thread_free;
+    /* ---- mimalloc_shim/ private from here on ---- */
+    ng_mi_heap *heap;           /* atomic: owning heap; NULL while abandoned */
+    struct ng_mi_page *prev, *next;           /* heap queue or segment free list */
+    struct ng_mi_page *qsbr_prev, *qsbr_next; /* the owning thread's deferred-page list */
+    uint64_t qsbr_goal;         /* 0: no goal (not deferred) */
+    uint8_t *start;             /* first block */
+    size_t area;                /* bytes usable for blocks */
+    uint32_t capacity;          /* blocks carved so far (free lists are built lazily) */
+    uint32_t reserved;          /* blocks that fit */
+    uint8_t in_use;             /* assigned to a size class */
+    uint8_t retire_expire;      /* retire delay of the last empty page of a size class */
+    uint8_t bin;                /* size class */
+    uint8_t reserved_flags;
+} ng_mi_page;
+
+/* The head of every segment. The page descriptors follow it (page index =
+ * (p - segment) >> page_shift; huge segments use shift 63, so every address maps to page 0). */
+typedef struct ng_mi_segment {
+    uint64_t thread_id;         /* atomic: the owner's ng_thread_id(); 0 while abandoned */
+    uint32_t page_shift;
+    uint8_t kind;               /* ng_mi_segment_kind */
+    uint8_t heap_kind;          /* a segment serves one heap kind (reclaim routing) */
+    uint16_t reserved0;
+    /* ---- mimalloc_shim/ private from here on ---- */
+    size_t size;                /* bytes mapped (NG_MI_SEGMENT_SIZE, more for huge) */
+    uint32_t page_count, pages_used;
+    ng_mi_thread *owner;        /* NULL while abandoned */
+    struct ng_mi_segment *prev, *next;  /* owner's segment lists / the abandoned pool */
+    struct ng_mi_segment *all_next;     /* the interpreter's list of every segment */
+    uint64_t cookie;            /* NG_MI_SEGMENT_COOKIE ^ address: foreign-pointer checks */
+    uint64_t reserved1[2];
+    ng_mi_page pages[];
+} ng_mi_segment;
+
+/* A heap. `direct` comes first so the fast path indexes it from the heap pointer. */
+struct ng_mi_heap {
+    /* By word size ((size + 7) / 8): a page of the right size class that may have free
+     * blocks, or a shared empty page (free == NULL), never NULL. Owner only. */
+    ng_mi_page *direct[NG_MI_DIRECT_WSIZE + 1];
+    uint64_t thread_id;         /* the owner's ng_thread_id() */
+    ng_mi_thread *thread;
+    ng_tstate *tstate;
+    uint8_t kind;               /* ng_mi_heap_kind */
+    uint8_t use_qsbr;           /* the three object heaps */
+    uint16_t prefix;            /* bytes of a block the allocator never writes */
+    /* ---- mimalloc_shim/ private from here on (size classes, queues, counters) ---- */
+    void *priv;
+};
+
+static inline ng_mi_segment *ng_mi_segment_of(const void *p)
+{
+    return (ng_mi_segment *)((uintptr_t)p & ~(uintptr_t)NG_MI_SEGMENT_MASK);
+}
+
+static inline ng_mi_page *ng_mi_page_of(ng_mi_segment *segment, const void *p)
+{
+    size_t index = (size_t)(((uintptr_t)p - (uintptr_t)segment) >> segment->page_shift);
+    return &segment->pages[index];
+}
+
+/* ---- Heaps ------------------------------------------------------------------------------ */
+
+/* The heap of kind `kind` of thread state `ts`, created with the other three on first use.
+ * `ts` must be the calling thread's. NG_OK, NG_EWRONGTHREAD, NG_ERELEASED, NG_EINVAL (bad
+ * kind or NULL), NG_ENOMEM. The pointer is valid until the state is released. */
+int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out);
+
+/* ---- Allocation (owner thread) ---------------------------------------------------------- */
+
+/* Any size, and the inline path's misses. NULL with errno ENOMEM on failure. Size 0 returns
+ * a unique block of the smallest class. */
+void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size);
+
+static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
+{
+    if (size <= NG_MI_DIRECT_MAX) {
+        ng_mi_page *page = heap->direct[(size + 7) >> 3];
+        ng_mi_block *block = page->free;
+        if (block != NULL) {
+            page->free = *(ng_mi_block **)((char *)block + page->link_offset);
+            page->used++;
+            return block;
+        }
+    }
+    return ng_mi_heap_malloc_generic(heap, size);
+}
+
+/* Zeroed; NULL (ENOMEM) when n * size overflows. */
+void *ng_mi_heap_calloc(ng_mi_heap *heap, size_t n, size_t size);
+/* realloc(3) semantics on this heap; p may belong to any heap of any thread. */
+void *ng_mi_heap_realloc(ng_mi_heap *heap, void *p, size_t size);
+/* The usable size of a block (its size class), 0 for NULL. */
+size_t ng_mi_usable_size(const void *p);
+
+/* ---- Free (any thread) ----------------------------------------------------------------- */
+
+/* Out-of-line parts of ng_mi_free (not for direct use): another thread's block, a page in
+ * the full queue, a huge block; and the page that has just become empty. */
+int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p);
+void ng_mi_page_retire(ng_mi_page *page);
+
+/* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out),
+ * NG_ESTATE (the block is already free). The memory is not touched on error. */
+int ng_mi_free_checked(void *p);
+
+/* Frees a block of any heap from any thread. NULL is ignored. NG_OK (see the header comment
+ * for NG_MI_DEBUG builds). */
+static inline int ng_mi_free(void *p)
+{
+#ifdef NG_MI_DEBUG
+    return ng_mi_free_checked(p);
+#else
+    if (p == NULL)
+        return NG_OK;
+    ng_mi_segment *segment = ng_mi_segment_of(p);
+    ng_mi_page *page = ng_mi_page_of(segment, p);
+    /* Relaxed: only the owner stores its own id there (and only it replaces it, when it
+     * abandons the segment), so reading our id means we are the owner; any other value,
+     * however stale, takes the out-of-line path, which is right for every owner. */
+    if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id() && page->flags == 0) {
+        *(ng_mi_block **)((char *)p + page->link_offset) = page->local_free;
+        page->local_free = (ng_mi_block *)p;
+        if (--page->used == 0)
+            ng_mi_page_retire(page);
+        return NG_OK;
+    }
+    return ng_mi_free_generic(segment, page, p);
+#endif
+}
+
+/* ---- Collection, walking, statistics ------------------------------------------------------- */
+
+/* Owner thread: takes back other threads' frees, returns pages whose goal is reached and
+ * empty segments; with `force`, also reclaims every segment in the interpreter's abandoned
+ * pool whose heap kind matches (their waiting pages keep their goals). NG_OK, NG_EWRONGTHREAD. */
+int ng_mi_heap_collect(ng_mi_heap *heap, bool force);
+
+/* Called for every live block; return false to stop the walk. */
+typedef bool ng_mi_visit_fn(void *block, size_t block_size, void *arg);
+
+/* Visits every live block of `heap` (other threads' frees not yet collected count as live
+ * unless the caller is the owner, who collects first). The owner may call it; any other
+ * thread only while it has stopped the world of the heap's interpreter. The callback must
+ * not allocate from or free into this heap. NG_OK, NG_EWRONGTHREAD, NG_EINVAL. */
+int ng_mi_heap_visit(ng_mi_heap *heap, ng_mi_visit_fn *fn, void *arg);
+/* Visits the live blocks of kind `kind` in the interpreter's abandoned pool. The caller must
+ * have stopped the world of `interp` (ng_stop_the_world): NG_ESTATE otherwise. */
+int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_fn *fn,
+                          void *arg);
+
+typedef struct ng_mi_stats {
+    uint64_t blocks_in_use;        /* handed out and not freed (others' frees once collected) */
+    uint64_t bytes_in_use;         /* the same in block-size bytes */
+    uint64_t pages_in_use;         /* pages with at least one live block */
+    uint64_t pages_waiting;        /* empty pages waiting for their QSBR goal */
+    uint64_t bytes_waiting;        /* their size in bytes */
+    uint64_t pages_free;           /* empty pages in segments, usable by any size class */
+    uint64_t pages_abandoned;      /* pages in the abandoned pool (interpreter stats only) */
+    uint64_t segments;             /* mapped segments, huge ones included */
+    uint64_t bytes_mapped;
+    uint64_t huge_blocks;
+    /* Counters since creation. */
+    uint64_t pages_deferred;       /* pages that started waiting for a goal */
+    uint64_t pages_released_after_goal; /* waiting pages returned once their goal was reached */
+    uint64_t pages_reused_same_class;   /* waiting pages allocated from again (goal dropped) */
+    uint64_t segments_abandoned, segments_reclaimed;
+    uint64_t mmap_failures;
+} ng_mi_stats;
+
+/* One heap (owner thread, or any thread while the world is stopped: NG_EWRONGTHREAD
+ * otherwise). */
+int ng_mi_heap_get_stats(ng_mi_heap *heap, ng_mi_stats *out);
+/* Every heap and the abandoned pool of `interp`. Exact while the world is stopped; otherwise
+ * other threads' counters are read as they are (relaxed). NG_OK, NG_ERELEASED, NG_EINVAL. */
+int ng_mi_interp_get_stats(ng_interp *interp, ng_mi_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NOGIL_ALLOC_H */
