@@ -5,16 +5,16 @@ GO      ?= go
 CC      ?= gcc
 BUILD   ?= build
 
-CORE_SRC  := $(wildcard csrc/*.c)
-CORE_HDR  := $(wildcard csrc/*.h csrc/include/*.h csrc/include/nogil/*.h)
+CORE_SRC  := $(wildcard csrc/*.c) $(wildcard mimalloc_shim/*.c)
+CORE_HDR  := $(wildcard csrc/*.h csrc/include/*.h csrc/include/nogil/*.h mimalloc_shim/*.h)
 CTEST_SRC := $(wildcard csrc/tests/*.c)
 CTEST_HDR := $(wildcard csrc/tests/*.h)
 
 CWARN   := -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter
-CINC    := -Icsrc/include -Icsrc
+CINC    := -Icsrc/include -Icsrc -Imimalloc_shim
 CBASE   := $(CWARN) $(CINC) -g -pthread -fno-omit-frame-pointer
-TSAN    := -O1 -fsanitize=thread
-ASAN    := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+TSAN    := -O1 -fsanitize=thread -DNG_MI_DEBUG
+ASAN    := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -DNG_MI_DEBUG
 OPT     := -O2
 
 # Scale factor for the C stress tests (1 = the sizes the issue asks for).

@@ -141,7 +141,8 @@ typedef struct ng_mi_segment {
     struct ng_mi_segment *prev, *next;  /* owner's segment lists / the abandoned pool */
     struct ng_mi_segment *all_next;     /* the interpreter's list of every segment */
     uint64_t cookie;            /* NG_MI_SEGMENT_COOKIE ^ address: foreign-pointer checks */
-    uint64_t reserved1[2];
+    struct ng_mi_segment *all_prev;     /* the interpreter's list of every segment */
+    struct ng_mi_interp *mi;            /* the interpreter data it belongs to */
     ng_mi_page pages[];
 } ng_mi_segment;
 

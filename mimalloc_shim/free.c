@@ -1,0 +1,231 @@
+/* Frees that leave the inline path: full pages, huge blocks, other threads' blocks, the
+ * heap's delayed-free list, and the checked free of debug builds. */
+#include <sched.h>
+
+#include "alloc_internal.h"
+
+/* Another thread's block: one push onto the page's list, or, for a full page, a notification
+ * of its heap (the state machine is in page.c). */
+static void foreign_free(ng_mi_page *page, void *p)
+{
+    uintptr_t tf = ng_atomic_load(&page->thread_free, NG_RELAXED);
+    bool notify;
+    for (;;) {
+        uintptr_t st = tf & NG_MI_DELAY_MASK;
+        if (st == NG_MI_DELAY_FREEING) { /* another freer is notifying: wait for it */
+            sched_yield();
+            tf = ng_atomic_load(&page->thread_free, NG_RELAXED);
+            continue;
+        }
+        notify = st == NG_MI_DELAY_USE;
+        uintptr_t desired;
+        if (notify) {
+            desired = (tf & ~NG_MI_DELAY_MASK) | NG_MI_DELAY_FREEING;
+        }
+        else {
+            ng_mi_block_set_next(page, (ng_mi_block *)p, (ng_mi_block *)(tf & ~NG_MI_DELAY_MASK));
+            desired = (uintptr_t)p | st;
+        }
+        /* Release: the collector's acquire then sees the link and everything this thread did
+         * with the block. Acquire: after USE -> FREEING we read page->heap, which the owner
+         * published with its release CAS to USE. */
+        if (ng_atomic_cas(&page->thread_free, &tf, desired, NG_ACQ_REL, NG_RELAXED))
+            break;
+    }
+    if (!notify)
+        return;
+    /* FREEING keeps the heap alive: its owner waits for the state to change before it
+     * abandons or changes the page. Acquire: pairs with the owner's release store of it. */
+    ng_mi_heap *heap = ng_atomic_load(&page->heap, NG_ACQUIRE);
+    ng_mi_heap_data *hd = &heap->thread->data[heap->kind];
+    uintptr_t head = ng_atomic_load(&hd->thread_delayed_free, NG_RELAXED);
+    do {
+        ng_mi_block_set_next(page, (ng_mi_block *)p, (ng_mi_block *)head);
+        /* Release: the owner's acquire exchange sees the link and the block's last uses. */
+    } while (!ng_atomic_cas(&hd->thread_delayed_free, &head, (uintptr_t)p, NG_RELEASE,
+                            NG_RELAXED));
+    tf = ng_atomic_load(&page->thread_free, NG_RELAXED);
+    /* Release: whoever waits for FREEING to end (the owner) sees our push onto its list. */
+    while (!ng_atomic_cas(&page->thread_free, &tf,
+                          (tf & ~NG_MI_DELAY_MASK) | NG_MI_DELAY_NORMAL, NG_RELEASE, NG_RELAXED))
+        ;
+}
+
+void ng_mi_heap_drain_delayed(ng_mi_heap *heap)
+{
+    ng_mi_heap_data *hd = ng_mi_heap_data_of(heap);
+    /* Relaxed peek: the common case is an empty list. */
+    if (ng_atomic_load(&hd->thread_delayed_free, NG_RELAXED) == 0)
+        return;
+    /* Acquire: pairs with the freers' release CAS (links and block contents). */
+    uintptr_t list = ng_atomic_exchange(&hd->thread_delayed_free, 0, NG_ACQUIRE);
+    while (list != 0) {
+        void *b = (void *)list;
+        ng_mi_page *page = ng_mi_page_of(ng_mi_segment_of(b), b);
+        list = (uintptr_t)ng_mi_block_next(page, b);
+        ng_mi_page_local_free(page, b);
+    }
+}
+
+/* Any thread. The segment is unmapped, or (object heaps: lock-free readers may still look at
+ * the block's header) parked until a QSBR goal is reached. */
+static void huge_free(ng_mi_segment *s)
+{
+    ng_mi_interp *mi = s->mi;
+    ng_mi_page *page = &s->pages[0];
+    ng_mi_interp_lock(mi);
+    if (s->owner != NULL) {
+        ng_mi_seglist_remove(&s->owner->huge, s);
+    }
+    else {
+        ng_mi_seglist_remove(&mi->abandoned_huge, s);
+        mi->pages_abandoned--;
+    }
+    bool gated = s->heap_kind != NG_MI_HEAP_MEM;
+    if (gated) {
+        /* Relaxed: read under the lock by everyone else. */
+        ng_atomic_store(&page->qsbr_goal, ng_mi_goal_now(mi, NULL, 0), NG_RELAXED);
+        s->owner = NULL;
+        ng_mi_seglist_push(&mi->huge_waiting, s);
+    }
+    ng_mi_interp_unlock(mi);
+    if (!gated)
+        ng_mi_segment_unmap(mi, s);
+}
+
+void ng_mi_huge_waiting_collect(ng_mi_interp *mi, ng_mi_thread *t, bool poll)
+{
+    /* Relaxed peek at a list head written under the lock: a stale answer only delays. */
+    if (ng_atomic_load(&mi->huge_waiting, NG_RELAXED) == NULL)
+        return;
+    uint64_t newest = 0;
+    if (poll) {
+        ng_mi_interp_lock(mi);
+        for (ng_mi_segment *s = mi->huge_waiting; s != NULL; s = s->next)
+            if (newest == 0 || NG_QSBR_LT(newest, s->pages[0].qsbr_goal))
+                newest = s->pages[0].qsbr_goal;
+        ng_mi_interp_unlock(mi);
+        if (newest != 0)
+            (void)ng_mi_goal_reached(mi, t, newest, true); /* the scan refreshes rd_seq */
+    }
+    ng_mi_segment *done = NULL;
+    ng_mi_interp_lock(mi);
+    for (ng_mi_segment *s = mi->huge_waiting, *next; s != NULL; s = next) {
+        next = s->next;
+        if (ng_mi_goal_reached(mi, NULL, s->pages[0].qsbr_goal, false)) {
+            ng_mi_seglist_remove(&mi->huge_waiting, s);
+            s->next = done;
+            done = s;
+        }
+    }
+    ng_mi_interp_unlock(mi);
+    while (done != NULL) {
+        ng_mi_segment *next = done->next;
+        ng_mi_segment_unmap(mi, done);
+        done = next;
+    }
+}
+
+int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p)
+{
+    /* The kind never changes while the segment is mapped, so any thread may read it. */
+    if (segment->kind == NG_MI_SEGMENT_HUGE) {
+        huge_free(segment);
+        return NG_OK;
+    }
+    /* Relaxed: see ng_mi_free. */
+    if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id()) {
+        ng_mi_page_local_free(page, p);
+        return NG_OK;
+    }
+    foreign_free(page, p);
+    return NG_OK;
+}
+
+int ng_mi_free_unchecked(void *p)
+{
+    if (p == NULL)
+        return NG_OK;
+    ng_mi_segment *segment = ng_mi_segment_of(p);
+    ng_mi_page *page = ng_mi_page_of(segment, p);
+    if (segment->kind != NG_MI_SEGMENT_HUGE &&
+        ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id() && page->flags == 0) {
+        ng_mi_block_set_next(page, (ng_mi_block *)p, page->local_free);
+        page->local_free = (ng_mi_block *)p;
+        if (--page->used == 0)
+            ng_mi_page_retire(page);
+        return NG_OK;
+    }
+    return ng_mi_free_generic(segment, page, p);
+}
+
+static bool list_contains(const ng_mi_page *page, const ng_mi_block *b, const void *p)
+{
+    for (size_t n = 0; b != NULL && n <= page->reserved; b = ng_mi_block_next(page, b), n++)
+        if ((const void *)b == p)
+            return true;
+    return false;
+}
+
+/* With the registry lock held (the segment stays mapped). */
+static int check_block(ng_mi_segment *s, void *p)
+{
+    if (s->cookie != (NG_MI_SEGMENT_COOKIE ^ (uint64_t)(uintptr_t)s))
+        return NG_EINVAL;
+    uintptr_t off = (uintptr_t)p - (uintptr_t)s;
+    ng_mi_page *page;
+    if (s->kind == NG_MI_SEGMENT_HUGE) {
+        page = &s->pages[0];
+        if (!page->in_use || (uint8_t *)p != page->start)
+            return NG_EINVAL;
+        /* Relaxed: written under the interpreter lock by the first free. */
+        return ng_atomic_load(&page->qsbr_goal, NG_RELAXED) != 0 ? NG_ESTATE : NG_OK;
+    }
+    size_t index = off >> s->page_shift;
+    if (index >= s->page_count)
+        return NG_EINVAL;
+    page = &s->pages[index];
+    /* These fields are set before any block of the page is handed out and stay while one is
+     * live, so reading them for a valid block races with nothing. */
+    if (!page->in_use || page->block_size == 0 || (uint8_t *)p < page->start)
+        return NG_EINVAL;
+    size_t d = (size_t)((uint8_t *)p - page->start);
+    if (d % page->block_size != 0 || d / page->block_size >= page->reserved)
+        return NG_EINVAL;
+    /* Double frees are found by the owner, who may read its free lists. */
+    if (ng_atomic_load(&s->thread_id, NG_RELAXED) != ng_thread_id())
+        return NG_OK;
+    if (page->used == 0 || list_contains(page, page->free, p) ||
+        list_contains(page, page->local_free, p))
+        return NG_ESTATE;
+    if (d / page->block_size >= page->capacity)
+        return NG_EINVAL; /* never carved, so never handed out */
+    /* Acquire: the links of the pushed blocks (see foreign_free). */
+    uintptr_t tf = ng_atomic_load(&page->thread_free, NG_ACQUIRE);
+    if (list_contains(page, (ng_mi_block *)(tf & ~NG_MI_DELAY_MASK), p))
+        return NG_ESTATE;
+    ng_mi_heap *heap = ng_atomic_load(&page->heap, NG_RELAXED);
+    if (heap != NULL) {
+        ng_mi_heap_data *hd = ng_mi_heap_data_of(heap);
+        uintptr_t d_list = ng_atomic_load(&hd->thread_delayed_free, NG_ACQUIRE);
+        for (ng_mi_block *b = (ng_mi_block *)d_list; b != NULL;
+             b = ng_mi_block_next(ng_mi_page_of(ng_mi_segment_of(b), b), b))
+            if ((void *)b == p)
+                return NG_ESTATE;
+    }
+    return NG_OK;
+}
+
+int ng_mi_free_checked(void *p)
+{
+    if (p == NULL)
+        return NG_OK;
+    ng_mi_segment *s = ng_mi_segment_of(p);
+    int st = NG_EINVAL;
+    if (ng_mi_registry_lock_lookup(s))
+        st = check_block(s, p);
+    ng_mi_registry_unlock();
+    if (st != NG_OK)
+        return st;
+    return ng_mi_free_unchecked(p);
+}

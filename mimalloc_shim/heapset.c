@@ -1,0 +1,183 @@
+/* Heap sets and the thread-state/interpreter life cycle: lazy creation, the extension hooks
+ * (state cleared, fork child, interpreter freed) and the per-interpreter data. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "alloc_internal.h"
+#include "tstate_internal.h"
+
+static void hook_tstate_clear(ng_tstate *ts, int index);
+static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int index);
+static void hook_interp_free(ng_interp *interp, int index);
+
+static const ng_ext_hooks hooks = {
+    .tstate_clear = hook_tstate_clear,
+    .after_fork_child = hook_after_fork_child,
+    .interp_free = hook_interp_free,
+};
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int ext_index = -1;
+
+static void init(void)
+{
+    ng_mi_size_init();
+    ext_index = ng_ext_register(&hooks);
+}
+
+int ng_mi_ext_index(void)
+{
+    pthread_once(&init_once, init);
+    return ext_index;
+}
+
+void ng_mi_interp_lock(ng_mi_interp *mi) { ng_raw_mutex_lock(&mi->lock); }
+void ng_mi_interp_unlock(ng_mi_interp *mi) { ng_raw_mutex_unlock(&mi->lock); }
+
+ng_mi_interp *ng_mi_interp_of(ng_interp *interp)
+{
+    int idx = ng_mi_ext_index();
+    if (idx < 0)
+        return NULL;
+    /* Acquire: pairs with the release of the CAS that published it. */
+    return ng_atomic_load(&interp->ext[idx], NG_ACQUIRE);
+}
+
+/* The interpreter's data, created by the first thread that needs it. */
+static ng_mi_interp *interp_data(ng_interp *interp, int idx)
+{
+    ng_mi_interp *mi = ng_atomic_load(&interp->ext[idx], NG_ACQUIRE); /* see above */
+    if (mi != NULL)
+        return mi;
+    ng_mi_interp *fresh = calloc(1, sizeof *fresh);
+    if (fresh == NULL)
+        return NULL;
+    fresh->interp = interp;
+    fresh->pid = getpid();
+    void *expected = NULL;
+    /* Acq-rel: release publishes the initialised struct; acquire (on failure too) makes the
+     * winner's visible to us. */
+    if (ng_atomic_cas(&interp->ext[idx], &expected, fresh, NG_ACQ_REL, NG_ACQUIRE))
+        return fresh;
+    free(fresh);
+    return expected;
+}
+
+bool ng_mi_may_access(ng_mi_thread *t)
+{
+    if (t->thread_id == ng_thread_id())
+        return true;
+    ng_interp *interp = t->mi->interp;
+    return ng_world_stopped(interp) && ng_stw_stopped_by_me(interp);
+}
+
+int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out)
+{
+    if (ts == NULL || out == NULL || (unsigned)kind >= NG_MI_HEAP_COUNT)
+        return NG_EINVAL;
+    if (ts->magic != NG_TSTATE_MAGIC)
+        return NG_ERELEASED;
+    if (ng_atomic_load(&ts->thread_id, NG_RELAXED) != ng_thread_id())
+        return NG_EWRONGTHREAD;
+    /* Relaxed: written on this thread (the release path, after the clear hook). */
+    if (ng_atomic_load(&ts->cleared, NG_RELAXED))
+        return NG_ERELEASED;
+    int idx = ng_mi_ext_index();
+    if (idx < 0)
+        return NG_ENOMEM;
+    ng_mi_thread *t = ts->ext[idx];
+    if (t == NULL) {
+        ng_mi_interp *mi = interp_data(ts->interp, idx);
+        if (mi == NULL)
+            return NG_ENOMEM;
+        t = calloc(1, sizeof *t);
+        if (t == NULL)
+            return NG_ENOMEM;
+        t->tstate = ts;
+        t->mi = mi;
+        t->thread_id = ng_thread_id();
+        for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
+            ng_mi_heap *h = &t->heaps[k];
+            for (size_t w = 0; w <= NG_MI_DIRECT_WSIZE; w++)
+                h->direct[w] = &ng_mi_empty_page;
+            h->thread_id = t->thread_id;
+            h->thread = t;
+            h->tstate = ts;
+            h->kind = (uint8_t)k;
+            h->use_qsbr = k != NG_MI_HEAP_MEM;
+            h->prefix = ng_mi_kind_prefix(k);
+            t->data[k].retired_min = 1;
+            t->data[k].retired_max = 0;
+        }
+        ng_mi_interp_lock(mi);
+        t->next = mi->threads;
+        if (mi->threads != NULL)
+            mi->threads->prev = t;
+        mi->threads = t;
+        ng_mi_interp_unlock(mi);
+        ts->ext[idx] = t;
+    }
+    *out = &t->heaps[kind];
+    return NG_OK;
+}
+
+/* In the child of fork() only the forking thread exists: a lock a dead thread held is
+ * re-initialised the first time this process looks at it. */
+static void fork_reinit(ng_mi_interp *mi)
+{
+    pid_t pid = getpid();
+    if (mi->pid != pid) {
+        mi->lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
+        mi->pid = pid;
+        ng_mi_registry_after_fork();
+    }
+}
+
+static void hook_tstate_clear(ng_tstate *ts, int index)
+{
+    ng_mi_thread *t = ts->ext[index];
+    if (t == NULL)
+        return;
+    /* A state cleared on another thread is a fork child's dead thread (the hook contract). */
+    bool fork_child = t->thread_id != ng_thread_id();
+    if (fork_child)
+        fork_reinit(t->mi);
+    ng_mi_thread_abandon(t, fork_child);
+    ts->ext[index] = NULL;
+}
+
+static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int index)
+{
+    ng_mi_interp *mi = interp->ext[index];
+    if (mi == NULL)
+        return;
+    fork_reinit(mi);
+    if (survivor == NULL)
+        return;
+    ng_mi_heap *heap;
+    if (ng_mi_heap_of(survivor, NG_MI_HEAP_MEM, &heap) != NG_OK)
+        return;
+    ng_mi_thread *t = heap->thread;
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+        ng_mi_reclaim(&t->heaps[k], SIZE_MAX, true);
+}
+
+static void hook_interp_free(ng_interp *interp, int index)
+{
+    ng_mi_interp *mi = interp->ext[index];
+    if (mi == NULL)
+        return;
+    /* Heap sets of states the interpreter's deletion claimed: nobody uses them any more. */
+    while (mi->threads != NULL) {
+        ng_mi_thread *t = mi->threads;
+        mi->threads = t->next;
+        free(t);
+    }
+    while (mi->all != NULL)
+        ng_mi_segment_unmap(mi, mi->all);
+    interp->ext[index] = NULL;
+    free(mi);
+}

@@ -1,0 +1,142 @@
+/* Allocation: the slow path behind ng_mi_heap_malloc, huge blocks, calloc and realloc. */
+#include <errno.h>
+#include <string.h>
+
+#include "alloc_internal.h"
+
+static void *page_pop(ng_mi_page *page)
+{
+    ng_mi_block *b = page->free;
+    page->free = ng_mi_block_next(page, b);
+    page->used++;
+    return b;
+}
+
+/* The first page of the bin that has (or, collected, gets) a free block. Pages found full go
+ * to the full queue; a waiting page that is picked loses its goal (M3). */
+static ng_mi_page *scan_bin(ng_mi_heap *heap, size_t bin)
+{
+    ng_mi_page_queue *q = &ng_mi_heap_data_of(heap)->bins[bin];
+    for (ng_mi_page *page = q->first, *next; page != NULL; page = next) {
+        next = page->next;
+        ng_mi_page_collect(page);
+        if (page->free == NULL)
+            ng_mi_page_extend(page);
+        if (page->free == NULL) {
+            if (ng_mi_page_to_full(page))
+                continue;
+            if (page->free == NULL)
+                continue;
+        }
+        if (page->reserved_flags & NG_MI_PF_QSBR_LINKED)
+            ng_mi_page_reuse_waiting(page);
+        page->retire_expire = 0;
+        if (q->first != page) {
+            ng_mi_page_unqueue(page);
+            ng_mi_page_enqueue(page, true);
+        }
+        else {
+            ng_mi_heap_update_direct(heap, bin);
+        }
+        return page;
+    }
+    return NULL;
+}
+
+static ng_mi_page *find_page(ng_mi_heap *heap, size_t bin)
+{
+    ng_mi_page *page = scan_bin(heap, bin);
+    if (page != NULL)
+        return page;
+    /* Pages whose goal is reached go back to their segments (any size class). */
+    if (heap->use_qsbr || heap->thread->qsbr_head != NULL)
+        ng_mi_qsbr_collect(heap->thread, true, false);
+    /* Abandoned segments of our kind before new memory. */
+    if (ng_mi_reclaim(heap, 1, false) > 0) {
+        page = scan_bin(heap, bin);
+        if (page != NULL)
+            return page;
+    }
+    return ng_mi_segment_page_alloc(heap, bin);
+}
+
+static void *huge_malloc(ng_mi_heap *heap, size_t size)
+{
+    ng_mi_thread *t = heap->thread;
+    ng_mi_huge_waiting_collect(t->mi, t, false);
+    size = (size + 15) & ~(size_t)15;
+    ng_mi_segment *s = ng_mi_segment_alloc(heap, NG_MI_SEGMENT_HUGE, size);
+    if (s == NULL)
+        return NULL;
+    ng_mi_page *page = &s->pages[0];
+    s->pages_used = 1;
+    page->in_use = 1;
+    page->block_size = page->area;
+    page->bin = NG_MI_BIN_HUGE;
+    page->link_offset = heap->prefix;
+    page->heap_kind = heap->kind;
+    page->flags = NG_MI_PAGE_HUGE;
+    page->reserved = page->capacity = page->used = 1;
+    ng_atomic_store(&page->heap, heap, NG_RELAXED); /* published by the lock below */
+    ng_mi_interp_lock(t->mi);
+    ng_mi_seglist_push(&t->huge, s);
+    ng_mi_interp_unlock(t->mi);
+    return page->start;
+}
+
+void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
+{
+    if (heap == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (size > NG_MI_LARGE_MAX)
+        return huge_malloc(heap, size);
+    ng_mi_heap_drain_delayed(heap);
+    if (heap->kind == NG_MI_HEAP_MEM)
+        ng_mi_heap_collect_retired(heap, false);
+    size_t bin = ng_mi_heap_bin(heap->kind, size);
+    ng_mi_page *page = find_page(heap, bin);
+    if (page == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return page_pop(page);
+}
+
+void *ng_mi_heap_calloc(ng_mi_heap *heap, size_t n, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = ng_mi_heap_malloc(heap, total);
+    if (p != NULL)
+        memset(p, 0, total);
+    return p;
+}
+
+size_t ng_mi_usable_size(const void *p)
+{
+    if (p == NULL)
+        return 0;
+    ng_mi_segment *s = ng_mi_segment_of(p);
+    return ng_mi_page_of(s, p)->block_size;
+}
+
+void *ng_mi_heap_realloc(ng_mi_heap *heap, void *p, size_t size)
+{
+    if (p == NULL)
+        return ng_mi_heap_malloc(heap, size);
+    size_t usable = ng_mi_usable_size(p);
+    /* Shrinking by less than half keeps the block. */
+    if (size <= usable && size >= usable / 2 && size > 0)
+        return p;
+    void *q = ng_mi_heap_malloc(heap, size);
+    if (q == NULL)
+        return NULL; /* p is untouched, as realloc(3) leaves it */
+    memcpy(q, p, size < usable ? size : usable);
+    (void)ng_mi_free(p);
+    return q;
+}

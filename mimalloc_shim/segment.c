@@ -1,0 +1,318 @@
+/* Segments: the 4 MiB (or bigger, for huge blocks) mappings pages are carved from, and the
+ * process-wide registry of mapped segments that checked frees use to recognise pointers.
+ *
+ * A segment belongs to one heap set and serves one heap kind. Its header (this struct and
+ * the page descriptors) sits at its start, so the first page is shorter than the others. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc_internal.h"
+
+/* ---- Registry ------------------------------------------------------------------------------ */
+
+/* An open-addressing set of segment addresses. Only checked frees look things up, but every
+ * map and unmap updates it so that the set is right whenever checks are on. */
+#define REG_EMPTY ((uintptr_t)0)
+#define REG_TOMB ((uintptr_t)1)
+
+static ng_raw_mutex reg_lock;
+static uintptr_t *reg_slots;
+static size_t reg_cap, reg_count, reg_tombs;
+
+static size_t reg_hash(uintptr_t key, size_t cap)
+{
+    uint64_t h = (uint64_t)(key >> NG_MI_SEGMENT_SHIFT) * UINT64_C(0x9e3779b97f4a7c15);
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+static bool reg_insert_locked(uintptr_t key)
+{
+    if ((reg_count + reg_tombs + 1) * 2 > reg_cap) {
+        size_t ncap = reg_cap == 0 ? 64 : (reg_count * 4 > reg_cap ? reg_cap * 2 : reg_cap);
+        uintptr_t *ns = calloc(ncap, sizeof *ns);
+        if (ns == NULL)
+            return false;
+        for (size_t i = 0; i < reg_cap; i++) {
+            uintptr_t k = reg_slots[i];
+            if (k == REG_EMPTY || k == REG_TOMB)
+                continue;
+            size_t j = reg_hash(k, ncap);
+            while (ns[j] != REG_EMPTY)
+                j = (j + 1) & (ncap - 1);
+            ns[j] = k;
+        }
+        free(reg_slots);
+        reg_slots = ns;
+        reg_cap = ncap;
+        reg_tombs = 0;
+    }
+    size_t j = reg_hash(key, reg_cap);
+    while (reg_slots[j] != REG_EMPTY && reg_slots[j] != REG_TOMB)
+        j = (j + 1) & (reg_cap - 1);
+    if (reg_slots[j] == REG_TOMB)
+        reg_tombs--;
+    reg_slots[j] = key;
+    reg_count++;
+    return true;
+}
+
+static size_t reg_find_locked(uintptr_t key)
+{
+    if (reg_cap == 0)
+        return SIZE_MAX;
+    size_t j = reg_hash(key, reg_cap);
+    for (size_t n = 0; n < reg_cap && reg_slots[j] != REG_EMPTY; n++) {
+        if (reg_slots[j] == key)
+            return j;
+        j = (j + 1) & (reg_cap - 1);
+    }
+    return SIZE_MAX;
+}
+
+static void reg_remove(uintptr_t key)
+{
+    ng_raw_mutex_lock(&reg_lock);
+    size_t j = reg_find_locked(key);
+    if (j != SIZE_MAX) {
+        reg_slots[j] = REG_TOMB;
+        reg_count--;
+        reg_tombs++;
+    }
+    ng_raw_mutex_unlock(&reg_lock);
+}
+
+bool ng_mi_registry_lock_lookup(const ng_mi_segment *s)
+{
+    ng_raw_mutex_lock(&reg_lock);
+    return reg_find_locked((uintptr_t)s) != SIZE_MAX;
+}
+
+void ng_mi_registry_unlock(void) { ng_raw_mutex_unlock(&reg_lock); }
+
+void ng_mi_registry_after_fork(void)
+{
+    /* Only the forking thread exists: a holder that was cut short by fork is gone. */
+    reg_lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
+}
+
+/* ---- Segment lists ---------------------------------------------------------------------------- */
+
+void ng_mi_seglist_push(ng_mi_segment **head, ng_mi_segment *s)
+{
+    s->prev = NULL;
+    s->next = *head;
+    if (*head != NULL)
+        (*head)->prev = s;
+    *head = s;
+}
+
+void ng_mi_seglist_remove(ng_mi_segment **head, ng_mi_segment *s)
+{
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        *head = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+/* ---- Geometry --------------------------------------------------------------------------------- */
+
+static size_t header_size(size_t page_count)
+{
+    size_t h = sizeof(ng_mi_segment) + page_count * sizeof(ng_mi_page);
+    return (h + 63) & ~(size_t)63;
+}
+
+static void geometry(int seg_kind, size_t *page_count, uint32_t *shift)
+{
+    switch (seg_kind) {
+    case NG_MI_SEGMENT_SMALL:
+        *page_count = NG_MI_SEGMENT_SIZE >> NG_MI_SMALL_PAGE_SHIFT;
+        *shift = NG_MI_SMALL_PAGE_SHIFT;
+        break;
+    case NG_MI_SEGMENT_MEDIUM:
+        *page_count = NG_MI_SEGMENT_SIZE >> NG_MI_MEDIUM_PAGE_SHIFT;
+        *shift = NG_MI_MEDIUM_PAGE_SHIFT;
+        break;
+    case NG_MI_SEGMENT_LARGE:
+        *page_count = 1;
+        *shift = NG_MI_SEGMENT_SHIFT;
+        break;
+    default:
+        *page_count = 1;
+        *shift = 63;
+        break;
+    }
+}
+
+/* ---- Allocation and release --------------------------------------------------------------------- */
+
+ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_size)
+{
+    ng_mi_thread *t = heap->thread;
+    ng_mi_interp *mi = t->mi;
+    ng_mi_heap_data *hd = &t->data[heap->kind];
+    if (seg_kind == NG_MI_SEGMENT_SMALL && t->cached != NULL) {
+        ng_mi_segment *s = t->cached;
+        t->cached = NULL;
+        s->heap_kind = heap->kind;
+        ng_mi_seglist_push(&hd->segments, s);
+        return s;
+    }
+    size_t page_count;
+    uint32_t shift;
+    geometry(seg_kind, &page_count, &shift);
+    size_t hdr = header_size(page_count);
+    size_t size = NG_MI_SEGMENT_SIZE;
+    if (seg_kind == NG_MI_SEGMENT_HUGE) {
+        size_t os_page = (size_t)sysconf(_SC_PAGESIZE);
+        if (huge_size > SIZE_MAX / 2 - hdr - os_page) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        size = (hdr + huge_size + os_page - 1) & ~(os_page - 1);
+    }
+    ng_mi_segment *s = ng_mi_os_map(size);
+    if (s == NULL) {
+        NG_MI_COUNT_ADD(hd->c.mmap_failures, 1);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* Fresh anonymous memory is zero: every other field starts at 0/NULL. Relaxed: other
+     * threads learn the segment only through blocks handed out later (with their own
+     * synchronisation). */
+    ng_atomic_store(&s->thread_id, t->thread_id, NG_RELAXED);
+    s->page_shift = shift;
+    s->kind = (uint8_t)seg_kind;
+    s->heap_kind = heap->kind;
+    s->size = size;
+    s->page_count = (uint32_t)page_count;
+    s->owner = t;
+    s->cookie = NG_MI_SEGMENT_COOKIE ^ (uint64_t)(uintptr_t)s;
+    s->mi = mi;
+    for (size_t i = 0; i < page_count; i++) {
+        ng_mi_page *pg = &s->pages[i];
+        if (seg_kind == NG_MI_SEGMENT_HUGE) {
+            pg->start = (uint8_t *)s + hdr;
+            pg->area = size - hdr;
+        }
+        else {
+            size_t psize = (size_t)1 << shift;
+            pg->start = (uint8_t *)s + i * psize + (i == 0 ? hdr : 0);
+            pg->area = psize - (i == 0 ? hdr : 0);
+        }
+    }
+    ng_raw_mutex_lock(&reg_lock);
+    bool ok = reg_insert_locked((uintptr_t)s);
+    ng_raw_mutex_unlock(&reg_lock);
+    if (!ok) {
+        ng_mi_os_unmap(s, size);
+        errno = ENOMEM;
+        return NULL;
+    }
+    ng_mi_interp_lock(mi);
+    s->all_prev = NULL;
+    s->all_next = mi->all;
+    if (mi->all != NULL)
+        mi->all->all_prev = s;
+    mi->all = s;
+    ng_mi_interp_unlock(mi);
+    /* Relaxed: statistics. */
+    ng_atomic_fetch_add(&mi->segments, 1, NG_RELAXED);
+    ng_atomic_fetch_add(&mi->bytes_mapped, size, NG_RELAXED);
+    if (seg_kind != NG_MI_SEGMENT_HUGE)
+        ng_mi_seglist_push(&hd->segments, s);
+    return s;
+}
+
+void ng_mi_segment_unmap(ng_mi_interp *mi, ng_mi_segment *s)
+{
+    reg_remove((uintptr_t)s);
+    ng_mi_interp_lock(mi);
+    if (s->all_prev != NULL)
+        s->all_prev->all_next = s->all_next;
+    else
+        mi->all = s->all_next;
+    if (s->all_next != NULL)
+        s->all_next->all_prev = s->all_prev;
+    ng_mi_interp_unlock(mi);
+    ng_atomic_fetch_sub(&mi->segments, 1, NG_RELAXED); /* statistics */
+    ng_atomic_fetch_sub(&mi->bytes_mapped, s->size, NG_RELAXED);
+    ng_mi_os_unmap(s, s->size);
+}
+
+void ng_mi_segment_release_empty(ng_mi_thread *t, ng_mi_segment *s)
+{
+    ng_mi_seglist_remove(&t->data[s->heap_kind].segments, s);
+    if (s->kind == NG_MI_SEGMENT_SMALL && t->cached == NULL && !t->abandoning) {
+        t->cached = s;
+        return;
+    }
+    ng_mi_segment_unmap(t->mi, s);
+}
+
+static int seg_kind_for(size_t block_size)
+{
+    if (block_size <= NG_MI_SMALL_MAX)
+        return NG_MI_SEGMENT_SMALL;
+    if (block_size <= NG_MI_MEDIUM_MAX)
+        return NG_MI_SEGMENT_MEDIUM;
+    return NG_MI_SEGMENT_LARGE;
+}
+
+ng_mi_page *ng_mi_segment_page_alloc(ng_mi_heap *heap, size_t bin)
+{
+    ng_mi_heap_data *hd = ng_mi_heap_data_of(heap);
+    size_t block_size = ng_mi_bin_size(bin);
+    int sk = seg_kind_for(block_size);
+    ng_mi_segment *s = hd->segments;
+    while (s != NULL && (s->kind != sk || s->pages_used >= s->page_count))
+        s = s->next;
+    if (s == NULL) {
+        s = ng_mi_segment_alloc(heap, sk, 0);
+        if (s == NULL)
+            return NULL;
+    }
+    ng_mi_page *page = NULL;
+    for (uint32_t i = 0; i < s->page_count; i++)
+        if (!s->pages[i].in_use) {
+            page = &s->pages[i];
+            break;
+        }
+    if (page == NULL) { /* cannot happen: pages_used < page_count */
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->pages_used++;
+    page->in_use = 1;
+    ng_mi_page_init(heap, page, bin, block_size);
+    return page;
+}
+
+void ng_mi_segment_page_free(ng_mi_page *page)
+{
+    ng_mi_segment *s = ng_mi_page_segment(page);
+    page->free = page->local_free = NULL;
+    page->used = 0;
+    page->flags = 0;
+    page->block_size = 0;
+    /* Relaxed: an empty page has no block another thread may free (only a double free
+     * would race, and that is undefined). */
+    ng_atomic_store(&page->thread_free, 0, NG_RELAXED);
+    ng_atomic_store(&page->heap, NULL, NG_RELAXED);
+    page->prev = page->next = NULL;
+    page->qsbr_goal = 0;
+    page->capacity = page->reserved = 0;
+    page->in_use = 0;
+    page->retire_expire = 0;
+    page->bin = 0;
+    page->reserved_flags = 0;
+    s->pages_used--;
+    if (s->pages_used == 0 && s->owner != NULL && !s->owner->abandoning)
+        ng_mi_segment_release_empty(s->owner, s);
+}
