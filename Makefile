@@ -21,7 +21,7 @@ OPT     := -O2
 NG_TEST_SCALE ?= 1
 
 .PHONY: all build test vet gotest gotest-race gotest-cgocheck2 gotest-libdw gotest-torture gotest-liburcu \
-        ctest ctest-opt ctest-cas ctest-tsan ctest-asan ctest-torture docker-test bench bench-qsbr lib clean
+        gotest-mimalloc ctest ctest-opt ctest-cas ctest-tsan ctest-asan ctest-torture docker-test bench bench-qsbr bench-alloc lib clean
 
 all: build
 
@@ -29,7 +29,7 @@ build:
 	$(GO) build ./...
 
 ## test: everything CI runs (README's test command).
-test: vet gotest-race gotest-cgocheck2 gotest-libdw gotest-torture gotest-liburcu ctest docker-test
+test: vet gotest-race gotest-cgocheck2 gotest-libdw gotest-torture gotest-liburcu gotest-mimalloc ctest docker-test
 
 vet:
 	$(GO) vet ./...
@@ -65,6 +65,17 @@ ifeq ($(HAVE_LIBURCU),yes)
 	$(GO) test -count=1 -tags nogil_liburcu ./cmd/nogil
 else
 	@echo "gotest-liburcu: liburcu-dev not installed, skipping the nogil_liburcu build"
+endif
+
+# allocbench's mimalloc rows need mimalloc.h (Debian: libmimalloc-dev, which ships no .pc file);
+# the library itself is loaded with dlopen by the measuring process, never linked.
+HAVE_MIMALLOC := $(shell (pkg-config --exists mimalloc 2>/dev/null || test -f /usr/include/mimalloc.h) && echo yes)
+gotest-mimalloc:
+ifeq ($(HAVE_MIMALLOC),yes)
+	$(GO) vet -tags nogil_mimalloc ./cmd/nogil
+	$(GO) test -count=1 -tags nogil_mimalloc ./cmd/nogil
+else
+	@echo "gotest-mimalloc: libmimalloc-dev not installed, skipping the nogil_mimalloc build"
 endif
 
 ## ctest: the standalone C runner, optimised, under both sanitizers and with the forcing knobs.
@@ -127,6 +138,10 @@ bench:
 ## bench-qsbr: QSBR and delayed frees against liburcu's QSBR flavour (needs liburcu-dev).
 bench-qsbr:
 	$(GO) run -tags nogil_liburcu ./cmd/nogil qsbrbench
+
+## bench-alloc: the page allocator against libmimalloc and glibc malloc (needs libmimalloc-dev).
+bench-alloc:
+	$(GO) run -tags nogil_mimalloc ./cmd/nogil allocbench
 
 ## lib: libnogil.a and a pkg-config file for C users.
 lib: $(BUILD)/libnogil.a $(BUILD)/nogil.pc

@@ -8,6 +8,8 @@
 //
 // Commands:
 //
+//	allocbench the page allocator against libmimalloc and glibc malloc (window test, cross-thread
+//	           frees, QSBR gating; peak RSS per measurement)
 //	lockbench  lock throughput and fairness (CPython's Tools/lockbench method),
 //	           plus the park/unpark hand-off round trip
 //	qsbrbench  QSBR against liburcu's QSBR flavour (quiescent state, grace period, delayed free, poll)
