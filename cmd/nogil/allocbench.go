@@ -411,13 +411,14 @@ type allocRecord struct {
 	// The measuring process's VmHWM before the measurement (its start-up), median of rounds.
 	BaseRSSKB int64 `json:"base_rss_kb"`
 	Rounds    int   `json:"rounds"`
-	*gatingFields
+	*GatingFields
 }
 
-// gatingFields are the extra fields of the qsbr-gating records: the writer's OBJECT heap
+// GatingFields are the extra fields of the qsbr-gating records: the writer's OBJECT heap
 // statistics, sampled every SampleEvery ops (peaks: the largest of the rounds; means and
-// counters: averaged over the rounds).
-type gatingFields struct {
+// counters: averaged over the rounds). Exported because encoding/json fills embedded pointers
+// only to exported types.
+type GatingFields struct {
 	Readers          int     `json:"readers"`
 	ReportEvery      int     `json:"report_every"`
 	SampleEvery      int     `json:"sample_every"`
@@ -555,7 +556,7 @@ func summarize(m measurement, alloc string, rs []childResult, cfg *allocbenchCon
 	rec.Mops = median(mops)
 	rec.BaseRSSKB = int64(median(base))
 	if m.bench == benchGating {
-		g := &gatingFields{Readers: m.readers, ReportEvery: cfg.reportEvery, SampleEvery: cfg.sampleEvery}
+		g := &GatingFields{Readers: m.readers, ReportEvery: cfg.reportEvery, SampleEvery: cfg.sampleEvery}
 		n := float64(len(rs))
 		for _, r := range rs {
 			g.Samples += r.Samples
@@ -568,7 +569,7 @@ func summarize(m measurement, alloc string, rs []childResult, cfg *allocbenchCon
 			g.PagesReleased += float64(r.PagesReleased) / n
 			g.ReaderReads += r.ReaderReads
 		}
-		rec.gatingFields = g
+		rec.GatingFields = g
 	}
 	return rec
 }
@@ -578,7 +579,7 @@ func summarize(m measurement, alloc string, rs []childResult, cfg *allocbenchCon
 func findAlloc(recs []allocRecord, bench, alloc string, threads, window, readers int) (allocRecord, bool) {
 	for _, r := range recs {
 		if r.Bench == bench && r.Alloc == alloc && r.Threads == threads && r.Window == window &&
-			(r.gatingFields == nil || r.Readers == readers) {
+			(r.GatingFields == nil || r.Readers == readers) {
 			return r, true
 		}
 	}
@@ -690,7 +691,7 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 				if !ok {
 					continue
 				}
-				g := r.gatingFields
+				g := r.GatingFields
 				tableRow(tw, 7, strconv.Itoa(win), strconv.Itoa(readers), f2(r.Mops), mib(r.PeakRSSKB),
 					ratio(float64(r.PeakRSSKB), float64(base.PeakRSSKB), okBase && readers > 0),
 					strconv.FormatFloat(float64(g.BytesWaitingPeak)/1024, 'f', 0, 64),

@@ -106,7 +106,7 @@ func TestAllocbenchJSON(t *testing.T) {
 			t.Errorf("%s: non-positive rate or RSS, or wrong rounds", line)
 		}
 		key := fmt.Sprintf("%s/%s/%d/%d", rec.Bench, rec.Alloc, rec.Threads, rec.Window)
-		if rec.gatingFields != nil {
+		if rec.GatingFields != nil {
 			key += fmt.Sprintf("/r%d", rec.Readers)
 			if rec.Samples <= 0 || rec.ReportEvery != 1000 || rec.SampleEvery != 1024 {
 				t.Errorf("%s: gating fields", line)
