@@ -27,6 +27,8 @@
 
 /* The next N segment mappings fail as if the kernel refused them (decremented atomically). */
 extern int ng_mi_test_fail_mmap;
+/* Bytes this allocator has mapped in the whole process (leak checks). */
+extern uint64_t ng_mi_os_mapped_bytes;
 
 /* ---- Size classes ----------------------------------------------------------------------- */
 

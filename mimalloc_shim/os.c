@@ -11,6 +11,7 @@
 #include "alloc_internal.h"
 
 int ng_mi_test_fail_mmap;
+uint64_t ng_mi_os_mapped_bytes;
 
 /* Consumes one injected failure. Relaxed CAS: the counter orders nothing else. */
 static bool injected_failure(void)
@@ -48,11 +49,14 @@ void *ng_mi_os_map(size_t size)
         munmap(p, head);
     if (tail > 0)
         munmap((void *)(aligned + size), tail);
+    ng_atomic_fetch_add(&ng_mi_os_mapped_bytes, size, NG_RELAXED); /* statistics */
     return (void *)aligned;
 }
 
 void ng_mi_os_unmap(void *p, size_t size)
 {
-    if (p != NULL)
-        munmap(p, size);
+    if (p == NULL)
+        return;
+    munmap(p, size);
+    ng_atomic_fetch_sub(&ng_mi_os_mapped_bytes, size, NG_RELAXED); /* statistics */
 }

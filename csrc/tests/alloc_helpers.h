@@ -112,4 +112,84 @@ static inline void alloc_quiesce(ng_tstate *ts)
     CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
 }
 
+/* ---- A reader thread: attached, holds on until told to report ------------------------------- */
+
+typedef struct reader {
+    ng_interp *in;
+    uint32_t cmd;  /* 1: report a quiescent state, 2: release and exit */
+    uint32_t ack;  /* 1: attached (holding), 2: reported, 3: gone */
+    pthread_t thread;
+} reader;
+
+static inline void *reader_main(void *arg)
+{
+    reader *r = arg;
+    ng_tstate *ts = alloc_state_attached(r->in);
+    if (ts == NULL) {
+        ng_atomic_store(&r->ack, 3, NG_SEQ_CST);
+        return NULL;
+    }
+    ng_atomic_store(&r->ack, 1, NG_SEQ_CST);
+    uint32_t done = 0;
+    for (;;) {
+        uint32_t c = ng_atomic_load(&r->cmd, NG_SEQ_CST);
+        if (c == 1 && done == 0) {
+            CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+            done = 1;
+            ng_atomic_store(&r->ack, 2, NG_SEQ_CST);
+        }
+        if (c == 2)
+            break;
+        sleep_us(200); /* no report while sleeping: the slot stays online and behind */
+    }
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    ng_atomic_store(&r->ack, 3, NG_SEQ_CST);
+    return NULL;
+}
+
+static inline void reader_start(reader *r, ng_interp *in)
+{
+    memset(r, 0, sizeof *r);
+    r->in = in;
+    r->thread = spawn_thread(reader_main, r);
+    SPIN_UNTIL(ng_atomic_load(&r->ack, NG_SEQ_CST) != 0);
+}
+
+static inline void reader_cmd(reader *r, uint32_t cmd, uint32_t want_ack)
+{
+    ng_atomic_store(&r->cmd, cmd, NG_SEQ_CST);
+    SPIN_UNTIL(ng_atomic_load(&r->ack, NG_SEQ_CST) >= want_ack);
+}
+
+static inline bool in_page(const void *p, const ng_mi_page *page)
+{
+    const uint8_t *b = p;
+    const uint8_t *start = page->start;
+    return b >= start && b < start + page->area;
+}
+
+/* Fills one page of `size` blocks; returns them (page->reserved of them) and the page. */
+static inline void **fill_page(ng_mi_heap *h, size_t size, ng_mi_page **page_out, size_t *n_out)
+{
+    void *first = ng_mi_heap_malloc(h, size);
+    if (first == NULL)
+        return NULL;
+    ng_mi_page *page = alloc_page_of(first);
+    /* Start from a fresh page: blocks of earlier tests may share this one. */
+    size_t n = page->reserved;
+    void **blocks = calloc(n, sizeof *blocks);
+    size_t got = 0;
+    blocks[got++] = first;
+    for (size_t i = 1; i < 4 * n && got < n; i++) {
+        void *p = ng_mi_heap_malloc(h, size);
+        if (alloc_page_of(p) == page)
+            blocks[got++] = p;
+        else
+            ng_mi_free(p); /* another page: not part of the scene */
+    }
+    *page_out = page;
+    *n_out = got;
+    return blocks;
+}
+
 #endif /* NG_TEST_ALLOC_HELPERS_H */
