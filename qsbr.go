@@ -6,7 +6,6 @@ package nogil
 import "C"
 
 import (
-	"github.com/nogil-go/nogil/internal/gtoken"
 	"sync/atomic"
 	"unsafe"
 )
@@ -25,23 +24,68 @@ const (
 // right now, without anything else Checkpoint does: memory retired before this point may be
 // reclaimed as far as this goroutine is concerned. The state must be attached (a detached
 // one is quiescent anyway): ErrState otherwise. A sync/atomic store; no cgo call.
+//
+// Like liburcu's report, it writes nothing while the state's QSBR slot already holds the
+// current write sequence. That common case is inlined into the caller and costs three
+// atomic loads (the state is live, and the slot's and the interpreter's sequences are
+// equal), without the check of the calling goroutine: outside race-detector builds, a call
+// from another goroutine while the state is attached and has nothing new to report returns
+// nil and does nothing. Every call that has something to write, and every call on a
+// detached, released or shut-down state, is fully checked (ErrWrongThread, ErrReleased,
+// ErrState, ErrClosed). Race-detector builds, the debug builds, check every call.
 func (ts *ThreadState) QuiescentState() error {
-	// Small enough for the compiler to inline into the caller: the checks of check() and
-	// the state test, then the two loads and a compare of the common "nothing new" case.
-	if ts != nil && ts.c != nil && atomic.LoadUint32(ts.dead) == C.NG_GO_LIVE &&
-		gtoken.Current() == ts.token && atomic.LoadUint32(ts.state) == tsAttached {
-		ts.quiescent()
-		return nil
-	}
-	return ts.quiescentMisuse()
+	return ts.idleOr(false, (*ThreadState).quiescentChecked)
 }
 
-// quiescentMisuse reports why QuiescentState could not report.
-func (ts *ThreadState) quiescentMisuse() error {
+// idleOr is the inlined fast path of QuiescentState (withPending false) and Checkpoint
+// (withPending true): nil if ts is live, its slot holds the current write sequence and, with
+// withPending, nothing is pending; otherwise slow(ts), which checks everything and does the
+// work. slow is a parameter only to keep QuiescentState and Checkpoint within the inlining
+// budget (the inliner charges less for a call through a parameter; once inlined, it is a
+// call of the constant function). The nested ifs keep the compiled code to branches (an &&
+// chain materialises a bool).
+//
+// A slot holds the current sequence only while its state is attached: detached, suspended
+// or shut down, it holds NG_QSBR_OFFLINE (0), which no write sequence (odd) equals. So a
+// state that is not attached always takes the checked path, and this path writes nothing.
+//
+// The liveness load comes first and guards the others: the binding that holds `dead` lives
+// as long as the wrapper, while the slot and the interpreter's sequence (and the thread
+// state's pending word) live until the state is released and, after that, only as long as
+// the interpreter (a thread state holds a reference to its interpreter until its release;
+// the slot segments are freed with the interpreter). Only the bound goroutine releases a
+// state explicitly, and its thread cannot exit while it runs, so for that goroutine nothing
+// frees those words between the loads; another goroutine must not call this concurrently
+// with the release (as for State), and a call after it, or after the thread's exit, sees
+// dead set and reads nothing else.
+func (ts *ThreadState) idleOr(withPending bool, slow func(*ThreadState) error) error {
+	if !raceEnabled && ts != nil {
+		if d := ts.dead; d != nil {
+			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
+				if atomic.LoadUint64(ts.seq) == atomic.LoadUint64(ts.wrSeq) {
+					if !withPending || atomic.LoadUintptr(ts.pending) == 0 {
+						return nil
+					}
+				}
+			}
+		}
+	}
+	return slow(ts)
+}
+
+// quiescentChecked is QuiescentState with every check: there is something to write (or the
+// state is not live or not attached, or this is a race build).
+//
+//go:noinline
+func (ts *ThreadState) quiescentChecked() error {
 	if err := ts.check("QuiescentState"); err != nil {
 		return err
 	}
-	return ts.fail("QuiescentState", C.NG_ESTATE)
+	if atomic.LoadUint32(ts.state) != tsAttached {
+		return ts.fail("QuiescentState", C.NG_ESTATE)
+	}
+	ts.quiescent()
+	return nil
 }
 
 // quiescent is ng_qsbr_quiescent_state: adopt the current write sequence. The C store is a
@@ -49,7 +93,7 @@ func (ts *ThreadState) quiescentMisuse() error {
 // C, nothing is written when the slot already holds it, and a report wakes the threads
 // sleeping in ng_qsbr_wait (qsbr.h's contract for code that writes seq itself: Go's atomic
 // store is sequentially consistent, so it is the store and the full fence before the load of
-// waiters).
+// waiters). The caller has checked the goroutine and that the state is attached.
 func (ts *ThreadState) quiescent() {
 	if raceEnabled {
 		ts.edges.qsbr.release()
@@ -74,14 +118,24 @@ func (ts *ThreadState) report(wr uint64) {
 // Checkpoint is the safe point to call regularly from long-running attached code (CPython's
 // eval-breaker check): it reports a quiescent state, then handles what other threads asked
 // for, if anything: a stop-the-world (it waits for the restart), a GIL hand-over (it yields
-// the GIL), processing of its delayed work. When nothing is pending it is two atomic loads
-// and a store; otherwise it calls into C. The goroutine must hold no pointers into
+// the GIL), processing of its delayed work. The goroutine must hold no pointers into
 // QSBR-protected memory across it. The state must be attached: ErrState otherwise.
+//
+// When there is nothing to report and nothing pending, it is four atomic loads inlined into
+// the caller, with the relaxed check of QuiescentState: outside race-detector builds, such a
+// call from another goroutine returns nil and does nothing. Every call that reports, handles
+// a request or finds the state detached, released or shut down is fully checked. What is
+// pending is handled in C.
 func (ts *ThreadState) Checkpoint() error {
-	// The checks of check() spelled inline: this is the path long loops call.
-	if ts == nil || ts.c == nil || atomic.LoadUint32(ts.dead) != C.NG_GO_LIVE ||
-		gtoken.Current() != ts.token {
-		return ts.check("Checkpoint")
+	return ts.idleOr(true, (*ThreadState).checkpointChecked)
+}
+
+// checkpointChecked is Checkpoint with every check.
+//
+//go:noinline
+func (ts *ThreadState) checkpointChecked() error {
+	if err := ts.check("Checkpoint"); err != nil {
+		return err
 	}
 	if atomic.LoadUint32(ts.state) == tsAttached {
 		ts.quiescent()

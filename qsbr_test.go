@@ -1,8 +1,11 @@
 package nogil_test
 
 import (
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nogil-go/nogil"
 	"github.com/nogil-go/nogil/internal/ctest"
@@ -229,4 +232,89 @@ func TestStallHandler(t *testing.T) {
 			t.Errorf("%d stall reports after the handler was removed", len(reports))
 		}
 	})
+}
+
+// The inlined fast path of QuiescentState and Checkpoint reads the slot's and the
+// interpreter's sequences only after the binding says the state is live: after a Release or
+// the bound thread's exit, even once the interpreter (and with it the slot memory) is gone,
+// every call is refused with ErrReleased, from any goroutine.
+func TestIdleReportsAfterReleaseAndClose(t *testing.T) {
+	deadline(t, 60*time.Second)
+	in, err := nogil.NewInterpreter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A state whose goroutine returned without Release (its thread exits), and one released
+	// by its goroutine, which keeps it for calls after the Close.
+	exited := make(chan *nogil.ThreadState, 1)
+	tids := make(chan int, 1)
+	go func() {
+		ts, err := in.Bind()
+		if !must(t, "Bind", err) || !must(t, "Attach", ts.Attach()) {
+			exited <- nil
+			return
+		}
+		must(t, "QuiescentState", ts.QuiescentState())
+		tids <- unix.Gettid()
+		exited <- ts
+	}()
+	ex := <-exited
+	if ex == nil {
+		t.FailNow()
+	}
+	tid := <-tids
+	if !waitFor(10*time.Second, func() bool { return threadGone(tid) }) {
+		t.Fatalf("thread %d still exists after its locked goroutine returned", tid)
+	}
+	afterClose := make(chan struct{})
+	released := make(chan struct{})
+	owner := make(chan struct{})
+	go func() {
+		defer close(owner)
+		runtime.LockOSThread() // stays locked: the goroutine exits with its thread
+		ts, err := in.Bind()
+		if !must(t, "Bind", err) || !must(t, "Attach", ts.Attach()) {
+			close(released)
+			return
+		}
+		must(t, "QuiescentState", ts.QuiescentState())
+		must(t, "Release", ts.Release())
+		close(released)
+		<-afterClose
+		wantErr(t, "QuiescentState after Release and Close (owner)", ts.QuiescentState(),
+			nogil.ErrReleased, "after Release")
+		wantErr(t, "Checkpoint after Release and Close (owner)", ts.Checkpoint(),
+			nogil.ErrReleased, "after Release")
+	}()
+	<-released
+	if err := in.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Give the memory some reuse: new interpreters take the freed slot segments and
+	// interpreter memory back from malloc and the quarantine.
+	for i := 0; i < 20; i++ {
+		in2, err := nogil.NewInterpreter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		withState(t, in2, true, func(ts *nogil.ThreadState) { must(t, "QuiescentState", ts.QuiescentState()) })
+		defer in2.Close()
+	}
+	close(afterClose)
+	<-owner
+	for _, who := range []string{"the test goroutine", "another goroutine"} {
+		check := func() {
+			wantErr(t, "QuiescentState of an exited thread's state from "+who, ex.QuiescentState(),
+				nogil.ErrReleased, "exited")
+			wantErr(t, "Checkpoint of an exited thread's state from "+who, ex.Checkpoint(),
+				nogil.ErrReleased, "exited")
+		}
+		if who == "the test goroutine" {
+			check()
+		} else {
+			done := make(chan struct{})
+			go func() { defer close(done); check() }()
+			<-done
+		}
+	}
 }

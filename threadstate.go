@@ -20,7 +20,10 @@ import (
 // the free-threaded build). It belongs to the goroutine that called Bind, which stays locked
 // to its OS thread until Release. Every method must be called from that goroutine: the
 // others return ErrWrongThread (HoldsGIL, GoalReached and Poll return false); State, ID,
-// CPtr and Interpreter may be called from anywhere.
+// CPtr and Interpreter may be called from anywhere. One exception, for speed: outside
+// race-detector builds, QuiescentState and Checkpoint skip the goroutine check when they
+// have nothing to do (nothing new to report, nothing pending), and return nil without
+// effect; see QuiescentState.
 //
 // Attached, the goroutine may read lock-free structures whose memory is reclaimed through
 // QSBR (FreeDelayed, CallDelayed): such memory is not reclaimed while it stays attached

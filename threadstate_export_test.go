@@ -2,6 +2,10 @@ package nogil
 
 import "unsafe"
 
+// RaceEnabled tells the external tests whether this is a race-detector build, whose
+// QuiescentState and Checkpoint check every call.
+const RaceEnabled = raceEnabled
+
 // Exported for the external tests only (this file is compiled into package nogil when
 // testing): the layout the Go fast paths assume, in ctest.TStateLayoutItems order, measured
 // from the addresses the wrappers actually use.

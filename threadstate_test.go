@@ -272,10 +272,18 @@ func TestThreadStateMisuse(t *testing.T) {
 			must(t, "Release of the second state", ts2.Release())
 		}
 
-		// The other goroutine (locked to another thread) may not use this state.
+		// The other goroutine (locked to another thread) may not use this state. QuiescentState
+		// and Checkpoint are checked when they have something to do (see below).
 		tid := unix.Gettid()
-		other.run(func(*nogil.ThreadState) {
+		must(t, "QuiescentState", ts.QuiescentState())
+		other.run(func(o *nogil.ThreadState) {
 			hint := fmt.Sprintf("used from OS thread %d but bound to thread %d", unix.Gettid(), tid)
+			checkIdleReports(t, ts, "from another goroutine", nogil.ErrWrongThread)
+			// A new sequence: now they would write, and are refused.
+			if _, err := o.Advance(); !must(t, "Advance by the other goroutine's state", err) {
+				return
+			}
+			seq := ctest.TSSeq(ts.CPtr())
 			for name, err := range map[string]error{
 				"Attach":         ts.Attach(),
 				"Detach":         ts.Detach(),
@@ -297,6 +305,9 @@ func TestThreadStateMisuse(t *testing.T) {
 			if ts.HoldsGIL() || ts.GoalReached(0) || ts.Poll(0) {
 				t.Error("HoldsGIL, GoalReached or Poll from another goroutine returned true")
 			}
+			if got := ctest.TSSeq(ts.CPtr()); got != seq {
+				t.Errorf("misuse from another goroutine moved the slot's seq from %d to %d", seq, got)
+			}
 		})
 		if st := ts.State(); st != nogil.Attached {
 			t.Errorf("misuse from another goroutine changed the state to %v", st)
@@ -304,10 +315,44 @@ func TestThreadStateMisuse(t *testing.T) {
 		must(t, "Checkpoint by the owner after the misuse", ts.Checkpoint())
 
 		// A goroutine that is not locked at all is caught too.
-		done := make(chan error)
-		go func() { done <- ts.Checkpoint() }()
-		wantErr(t, "Checkpoint from an unlocked goroutine", <-done, nogil.ErrWrongThread)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			checkIdleReports(t, ts, "from an unlocked goroutine", nogil.ErrWrongThread)
+		}()
+		<-done
+		if _, err := ts.Advance(); !must(t, "Advance", err) {
+			return
+		}
+		errc := make(chan error)
+		go func() { errc <- ts.Checkpoint() }()
+		wantErr(t, "Checkpoint from an unlocked goroutine", <-errc, nogil.ErrWrongThread)
+		go func() { errc <- ts.QuiescentState() }()
+		wantErr(t, "QuiescentState from an unlocked goroutine", <-errc, nogil.ErrWrongThread)
+		must(t, "Checkpoint by the owner", ts.Checkpoint())
 	})
+}
+
+// checkIdleReports calls QuiescentState and Checkpoint on ts, attached and at the current
+// sequence with nothing pending, from a goroutine that may not use it (who). Such calls have
+// nothing to do: they return nil without checking the goroutine, except in race-detector
+// builds, which check every call and return want.
+func checkIdleReports(t *testing.T, ts *nogil.ThreadState, who string, want error) {
+	t.Helper()
+	seq := ctest.TSSeq(ts.CPtr())
+	for name, err := range map[string]error{
+		"QuiescentState": ts.QuiescentState(),
+		"Checkpoint":     ts.Checkpoint(),
+	} {
+		if nogil.RaceEnabled {
+			wantErr(t, name+" with nothing to do "+who+" (race build)", err, want)
+		} else if err != nil {
+			t.Errorf("%s with nothing to do %s = %v, want nil", name, who, err)
+		}
+	}
+	if got := ctest.TSSeq(ts.CPtr()); got != seq {
+		t.Errorf("idle reports %s moved the slot's seq from %d to %d", who, seq, got)
+	}
 }
 
 func second[T any](_ T, err error) error { return err }
