@@ -36,6 +36,7 @@ static void abandon_segment(ng_mi_thread *t, ng_mi_segment *s)
     s->owner = NULL;
     ng_mi_interp_lock(mi);
     ng_mi_seglist_push(&mi->abandoned[s->heap_kind], s);
+    NG_MI_LEN_ADD(mi->abandoned_n[s->heap_kind], 1);
     mi->pages_abandoned += s->pages_used;
     ng_mi_interp_unlock(mi);
     ng_atomic_fetch_add(&mi->segments_abandoned, 1, NG_RELAXED); /* statistics */
@@ -97,6 +98,7 @@ void ng_mi_thread_abandon(ng_mi_thread *t, bool fork_child)
         ng_atomic_store(&s->thread_id, 0, NG_RELAXED);
         s->owner = NULL;
         ng_mi_seglist_push(&mi->abandoned_huge, s);
+        NG_MI_LEN_ADD(mi->abandoned_huge_n, 1);
         mi->pages_abandoned++;
     }
     if (t->prev != NULL)
@@ -169,12 +171,13 @@ size_t ng_mi_reclaim(ng_mi_heap *heap, size_t max, bool huge)
     ng_mi_thread *t = heap->thread;
     ng_mi_interp *mi = t->mi;
     size_t n = 0;
-    /* Relaxed peeks at lock-protected heads: a stale answer only skips or retries. */
-    while (n < max && ng_atomic_load(&mi->abandoned[heap->kind], NG_RELAXED) != NULL) {
+    /* Relaxed peeks at the lengths (see ng_mi_interp). */
+    while (n < max && ng_atomic_load(&mi->abandoned_n[heap->kind], NG_RELAXED) != 0) {
         ng_mi_interp_lock(mi);
         ng_mi_segment *s = mi->abandoned[heap->kind];
         if (s != NULL) {
             ng_mi_seglist_remove(&mi->abandoned[heap->kind], s);
+            NG_MI_LEN_ADD(mi->abandoned_n[heap->kind], -1);
             mi->pages_abandoned -= s->pages_used;
         }
         ng_mi_interp_unlock(mi);
@@ -183,13 +186,14 @@ size_t ng_mi_reclaim(ng_mi_heap *heap, size_t max, bool huge)
         adopt_segment(t, s);
         n++;
     }
-    if (huge && ng_atomic_load(&mi->abandoned_huge, NG_RELAXED) != NULL) {
+    if (huge && ng_atomic_load(&mi->abandoned_huge_n, NG_RELAXED) != 0) {
         ng_mi_interp_lock(mi);
         for (ng_mi_segment *s = mi->abandoned_huge, *next; s != NULL; s = next) {
             next = s->next;
             if (s->heap_kind != heap->kind)
                 continue;
             ng_mi_seglist_remove(&mi->abandoned_huge, s);
+            NG_MI_LEN_ADD(mi->abandoned_huge_n, -1);
             mi->pages_abandoned--;
             ng_atomic_store(&s->pages[0].heap, heap, NG_RELAXED); /* under the lock */
             ng_atomic_store(&s->thread_id, t->thread_id, NG_RELAXED);

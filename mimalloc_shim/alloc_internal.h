@@ -121,12 +121,18 @@ typedef struct ng_mi_interp {
     ng_mi_segment *all;             /* every mapped segment (all_next / all_prev) */
     ng_mi_thread *threads;          /* live heap sets */
     uint64_t pages_abandoned;       /* in-use pages in abandoned[] and abandoned_huge */
+    /* Lengths of the lists above, changed under the lock with relaxed atomic stores so that
+     * a thread can peek without the lock (a stale answer only skips or retries). */
+    uint64_t abandoned_n[NG_MI_HEAP_COUNT], abandoned_huge_n, huge_waiting_n;
     /* Atomics (relaxed: statistics). */
     uint64_t segments, bytes_mapped;
     uint64_t segments_abandoned;
     uint64_t mmap_failures;         /* those not attributable to a live heap */
     ng_mi_counters dead;            /* counters of heap sets that went away (under lock) */
 } ng_mi_interp;
+
+/* Adds `d` to a list length (under mi->lock; see ng_mi_interp). */
+#define NG_MI_LEN_ADD(field, d) NG_MI_COUNT_ADD(field, d)
 
 /* ---- Small helpers ------------------------------------------------------------------------ */
 

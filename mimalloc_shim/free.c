@@ -79,6 +79,7 @@ static void huge_free(ng_mi_segment *s)
     }
     else {
         ng_mi_seglist_remove(&mi->abandoned_huge, s);
+        NG_MI_LEN_ADD(mi->abandoned_huge_n, -1);
         mi->pages_abandoned--;
     }
     bool gated = s->heap_kind != NG_MI_HEAP_MEM;
@@ -87,6 +88,7 @@ static void huge_free(ng_mi_segment *s)
         ng_atomic_store(&page->qsbr_goal, ng_mi_goal_now(mi, NULL, 0), NG_RELAXED);
         s->owner = NULL;
         ng_mi_seglist_push(&mi->huge_waiting, s);
+        NG_MI_LEN_ADD(mi->huge_waiting_n, 1);
     }
     ng_mi_interp_unlock(mi);
     if (!gated)
@@ -95,8 +97,8 @@ static void huge_free(ng_mi_segment *s)
 
 void ng_mi_huge_waiting_collect(ng_mi_interp *mi, ng_mi_thread *t, bool poll)
 {
-    /* Relaxed peek at a list head written under the lock: a stale answer only delays. */
-    if (ng_atomic_load(&mi->huge_waiting, NG_RELAXED) == NULL)
+    /* Relaxed peek at the length (see ng_mi_interp): a stale answer only delays. */
+    if (ng_atomic_load(&mi->huge_waiting_n, NG_RELAXED) == 0)
         return;
     uint64_t newest = 0;
     if (poll) {
@@ -114,6 +116,7 @@ void ng_mi_huge_waiting_collect(ng_mi_interp *mi, ng_mi_thread *t, bool poll)
         next = s->next;
         if (ng_mi_goal_reached(mi, NULL, s->pages[0].qsbr_goal, false)) {
             ng_mi_seglist_remove(&mi->huge_waiting, s);
+            NG_MI_LEN_ADD(mi->huge_waiting_n, -1);
             s->next = done;
             done = s;
         }

@@ -114,7 +114,9 @@ int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_f
      * thread with a state can reclaim while the world is stopped anyway). */
     ng_mi_interp_lock(mi);
     ng_mi_segment *list = mi->abandoned[kind];
+    uint64_t len = mi->abandoned_n[kind];
     mi->abandoned[kind] = NULL;
+    NG_MI_LEN_ADD(mi->abandoned_n[kind], -len);
     ng_mi_interp_unlock(mi);
     int rc = NG_OK;
     ng_mi_segment *last = NULL;
@@ -130,6 +132,7 @@ int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_f
             mi->abandoned[kind]->prev = last;
         mi->abandoned[kind] = list;
     }
+    NG_MI_LEN_ADD(mi->abandoned_n[kind], len);
     ng_mi_interp_unlock(mi);
     if (rc == NG_OK)
         rc = visit_huge(mi, &mi->abandoned_huge, kind, fn, arg);

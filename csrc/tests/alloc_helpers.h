@@ -171,6 +171,8 @@ static inline bool in_page(const void *p, const ng_mi_page *page)
 /* Fills one page of `size` blocks; returns them (page->reserved of them) and the page. */
 static inline void **fill_page(ng_mi_heap *h, size_t size, ng_mi_page **page_out, size_t *n_out)
 {
+    *page_out = NULL;
+    *n_out = 0;
     void *first = ng_mi_heap_malloc(h, size);
     if (first == NULL)
         return NULL;
@@ -178,6 +180,8 @@ static inline void **fill_page(ng_mi_heap *h, size_t size, ng_mi_page **page_out
     /* Start from a fresh page: blocks of earlier tests may share this one. */
     size_t n = page->reserved;
     void **blocks = calloc(n, sizeof *blocks);
+    if (blocks == NULL)
+        return NULL;
     size_t got = 0;
     blocks[got++] = first;
     for (size_t i = 1; i < 4 * n && got < n; i++) {

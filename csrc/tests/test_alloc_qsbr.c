@@ -16,8 +16,8 @@ static void gating_scene(ng_mi_heap_kind kind)
     size_t prefix = ng_mi_kind_prefix(kind);
     CHECK_EQ(h->prefix, prefix);
     size_t size = 96;
-    ng_mi_page *page;
-    size_t n;
+    ng_mi_page *page = NULL;
+    size_t n = 0;
     void **blocks = fill_page(h, size, &page, &n);
     if (!CHECK(blocks != NULL && n == page->reserved))
         return;
@@ -121,8 +121,8 @@ TEST(alloc_qsbr_same_class_reuses_a_waiting_page_without_touching_prefixes)
     REQUIRE(h != NULL);
     reader r;
     reader_start(&r, in);
-    ng_mi_page *page;
-    size_t n;
+    ng_mi_page *page = NULL;
+    size_t n = 0;
     void **blocks = fill_page(h, 64, &page, &n);
     REQUIRE(blocks != NULL);
     for (size_t i = 0; i < n; i++)
@@ -168,8 +168,8 @@ TEST(alloc_qsbr_mem_pages_go_to_other_classes_at_once)
     REQUIRE(mem != NULL);
     reader r;
     reader_start(&r, in); /* holds: it would block any goal */
-    ng_mi_page *p1, *p2;
-    size_t n1, n2;
+    ng_mi_page *p1 = NULL, *p2 = NULL;
+    size_t n1 = 0, n2 = 0;
     void **b1 = fill_page(mem, 96, &p1, &n1);
     void **b2 = fill_page(mem, 96, &p2, &n2);
     REQUIRE(b1 != NULL && b2 != NULL && p1 != p2);
@@ -277,8 +277,8 @@ TEST(alloc_r11_goal_comes_from_the_owner_slot_and_visits_keep_it)
     REQUIRE(ts != NULL);
     ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
     REQUIRE(h != NULL);
-    ng_mi_page *page;
-    size_t n;
+    ng_mi_page *page = NULL;
+    size_t n = 0;
     void **blocks = fill_page(h, 256, &page, &n);
     REQUIRE(blocks != NULL);
     uint64_t mine_before = ts->qsbr->deferred_page_memory;
@@ -314,9 +314,9 @@ TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
     REQUIRE(ts != NULL);
     ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
     REQUIRE(h != NULL);
-    ng_mi_page *pages[4];
+    ng_mi_page *pages[4] = {0};
     void **blocks[4];
-    size_t n[4];
+    size_t n[4] = {0};
     for (int i = 0; i < 4; i++) {
         blocks[i] = fill_page(h, 512, &pages[i], &n[i]);
         REQUIRE(blocks[i] != NULL);
