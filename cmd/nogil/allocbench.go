@@ -265,7 +265,10 @@ func runChildProcess(ctx context.Context, s childSpec) (childResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.TimeNS)+2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), allocbenchChildEnv+"="+string(spec))
+	// atexit_sleep_ms: a race-enabled binary (the tests under -race) otherwise sleeps a second
+	// on every exit; ignored by other builds.
+	cmd.Env = append(os.Environ(), allocbenchChildEnv+"="+string(spec),
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	runErr := cmd.Run()
