@@ -1,0 +1,60 @@
+//go:build nogil_debug
+
+package mimalloc_shim
+
+import (
+	"errors"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/nogil-go/nogil"
+)
+
+// The nogil_debug build checks every free: a double free and a pointer the allocator did
+// not hand out are errors, from Heap.Free and from the package-level Free, on the owner's
+// goroutine and on others, and the heap is unharmed.
+func TestDebugCheckedFrees(t *testing.T) {
+	deadline(t, 60*time.Second)
+	in := newInterp(t)
+	g := startBound(t, in, true)
+	for _, kind := range kinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			var h *Heap
+			var p, q unsafe.Pointer
+			g.run(func(ts *nogil.ThreadState) {
+				h = heap(t, ts, kind)
+				p, _ = h.Malloc(64)
+				q, _ = h.Malloc(64)
+				must(t, "Free", h.Free(p))
+				err := h.Free(p)
+				wantErr(t, "Heap.Free twice", err, ErrDoubleFree, "Free", "double free")
+				if !errors.Is(err, nogil.ErrInvalid) {
+					t.Errorf("double free error %v does not match nogil.ErrInvalid", err)
+				}
+				wantErr(t, "Free twice", Free(p), ErrDoubleFree)
+				wantErr(t, "Heap.Free of an interior pointer", h.Free(unsafe.Add(q, 8)), ErrNotAllocated, "not allocated by this allocator")
+			})
+			// From a goroutine without a thread state.
+			wantErr(t, "Free twice (other goroutine)", Free(p), ErrDoubleFree)
+			wantErr(t, "Free of an interior pointer (other goroutine)", Free(unsafe.Add(q, 16)), ErrNotAllocated)
+			foreign := libcMalloc(256)
+			wantErr(t, "Free of a libc pointer", Free(foreign), ErrNotAllocated, "not allocated by this allocator")
+			libcFree(foreign)
+			// A block of a huge segment, interior.
+			g.run(func(ts *nogil.ThreadState) {
+				big, err := h.Malloc(LargeMax + 100)
+				if !must(t, "Malloc(huge)", err) {
+					return
+				}
+				wantErr(t, "Heap.Free of a huge block's interior", h.Free(unsafe.Add(big, 4096)), ErrNotAllocated)
+				must(t, "Free(huge)", h.Free(big))
+				wantErr(t, "Heap.Free of a freed huge block", h.Free(big), ErrNotAllocated)
+				must(t, "Free", h.Free(q))
+				if s := stats(t, h); s.BlocksInUse != 0 {
+					t.Errorf("%d blocks in use after the rejected frees", s.BlocksInUse)
+				}
+			})
+		})
+	}
+}
