@@ -1,5 +1,3 @@
-//go:build allocbench_nogil
-
 /* The page allocator's rows of `nogil allocbench` (allocbench.h): the inline fast paths
  * ng_mi_heap_malloc / ng_mi_free on the OBJECT heap (QSBR-gated page reuse, the heap CPython
  * allocates objects from), each thread with its own thread state of one interpreter, created

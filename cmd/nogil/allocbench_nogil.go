@@ -1,5 +1,3 @@
-//go:build allocbench_nogil
-
 package main
 
 // The page allocator's rows (allocbench_nogil.c). Its C sources are compiled once, in package
