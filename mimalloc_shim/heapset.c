@@ -155,6 +155,23 @@ static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int in
     if (mi == NULL)
         return;
     fork_reinit(mi);
+    /* A freer that died between USE -> FREEING and FREEING -> NORMAL left the state behind:
+     * nobody would ever end it, and the survivor's own pages would wait for it forever. Its
+     * block is either on the heap's delayed list already or lost (a leak, not a fault). */
+    uint64_t me = ng_thread_id();
+    for (ng_mi_thread *t = mi->threads; t != NULL; t = t->next) {
+        if (t->thread_id != me)
+            continue;
+        for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+            for (ng_mi_segment *s = t->data[k].segments; s != NULL; s = s->next)
+                for (uint32_t i = 0; i < s->page_count; i++) {
+                    ng_mi_page *page = &s->pages[i];
+                    /* Relaxed: the child has one thread. */
+                    if (page->in_use && (ng_atomic_load(&page->thread_free, NG_RELAXED) &
+                                         NG_MI_DELAY_MASK) == NG_MI_DELAY_FREEING)
+                        ng_mi_page_set_delayed(page, NG_MI_DELAY_NORMAL, true);
+                }
+    }
     if (survivor == NULL)
         return;
     ng_mi_heap *heap;
