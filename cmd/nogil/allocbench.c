@@ -106,6 +106,7 @@ int ab_drive(ab_run *run, void *(*worker)(void *), void *(*consumer)(void *),
     for (int i = 0; i < started; i++) {
         ab_thread *t = AB_T(i);
         out->corrupt += t->corrupt;
+        out->cpu_ns += t->cpu_ns;
         if (p->bench == AB_BENCH_WINDOW || i == 1) {
             out->ops += t->ops;
             if (t->end_ns > end)

@@ -151,6 +151,7 @@ type childResult struct {
 	Version          string  `json:"version,omitempty"`
 	Ops              int64   `json:"ops"`
 	ElapsedNS        int64   `json:"elapsed_ns"`
+	CPUNS            int64   `json:"cpu_ns"`
 	BaseRSSKB        int64   `json:"base_rss_kb"` // VmHWM before the measurement
 	PeakRSSKB        int64   `json:"peak_rss_kb"` // VmHWM after it
 	MaxRSSKB         int64   `json:"maxrss_kb"`   // getrusage's ru_maxrss (for the test)
@@ -235,7 +236,7 @@ func measure(specJSON string) (res childResult) {
 		}
 		return res
 	}
-	res.Ops, res.ElapsedNS = int64(r.ops), int64(r.elapsed_ns)
+	res.Ops, res.ElapsedNS, res.CPUNS = int64(r.ops), int64(r.elapsed_ns), int64(r.cpu_ns)
 	res.Samples = int64(r.samples)
 	res.BytesWaitingPeak, res.PagesWaitingPeak = uint64(r.bytes_waiting_peak), uint64(r.pages_waiting_peak)
 	res.BytesWaitingMean, res.PagesWaitingMean = float64(r.bytes_waiting_mean), float64(r.pages_waiting_mean)
@@ -405,11 +406,13 @@ func parseAllocbenchFlags(args []string, out io.Writer) (*allocbenchConfig, erro
 
 // An allocRecord is one measurement; its JSON form is the --format json output line.
 type allocRecord struct {
-	Bench     string  `json:"bench"`
-	Alloc     string  `json:"alloc"`
-	Threads   int     `json:"threads"`
-	Window    int     `json:"window"` // cross-thread: the ring's entries
-	Mops      float64 `json:"mops"`   // median of the rounds
+	Bench   string  `json:"bench"`
+	Alloc   string  `json:"alloc"`
+	Threads int     `json:"threads"`
+	Window  int     `json:"window"` // cross-thread: the ring's entries
+	Mops    float64 `json:"mops"`   // median of the rounds
+	// ops * threads / the measured threads' CPU time: the rate while they ran (median).
+	CPUMops   float64 `json:"cpu_mops"`
 	PeakRSSKB int64   `json:"peak_rss_kb"`
 	// The measuring process's VmHWM before the measurement (its start-up), median of rounds.
 	BaseRSSKB int64 `json:"base_rss_kb"`
@@ -550,13 +553,19 @@ func runAllocbench(args []string, stdout, stderr io.Writer) error {
 // the largest peak RSS.
 func summarize(m measurement, alloc string, rs []childResult, cfg *allocbenchConfig) allocRecord {
 	rec := allocRecord{Bench: m.bench, Alloc: alloc, Threads: m.threads, Window: m.window, Rounds: len(rs)}
-	var mops, base []float64
+	var mops, cpu, base []float64
 	for _, r := range rs {
 		mops = append(mops, float64(r.Ops)/float64(r.ElapsedNS)*1e3)
+		if r.CPUNS > 0 {
+			cpu = append(cpu, float64(r.Ops)*float64(m.threads)/float64(r.CPUNS)*1e3)
+		}
 		base = append(base, float64(r.BaseRSSKB))
 		rec.PeakRSSKB = max(rec.PeakRSSKB, r.PeakRSSKB)
 	}
 	rec.Mops = median(mops)
+	if len(cpu) > 0 {
+		rec.CPUMops = median(cpu)
+	}
 	rec.BaseRSSKB = int64(median(base))
 	if m.bench == benchGating {
 		g := &GatingFields{Readers: m.readers, ReportEvery: cfg.reportEvery, SampleEvery: cfg.sampleEvery}
@@ -610,6 +619,9 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 	vs := func(v float64, base allocRecord, ok bool, self string) string {
 		return ratio(v, base.Mops, ok && self != base.Alloc)
 	}
+	vsCPU := func(v float64, base allocRecord, ok bool, self string) string {
+		return ratio(v, base.CPUMops, ok && self != base.Alloc)
+	}
 	rssVs := func(r, base allocRecord, ok bool) string {
 		return ratio(float64(r.PeakRSSKB), float64(base.PeakRSSKB), ok && r.Alloc != base.Alloc)
 	}
@@ -621,10 +633,11 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 	if cfg.wantsBench(benchWindow) {
 		fmt.Fprintf(w, "replace-in-window: each thread keeps W live blocks of 16-256 B; an op checks and frees the block\n")
 		fmt.Fprintf(w, "of a random slot and allocates a new one (nogil: OBJECT heap). Mops/s: median of the rounds;\n")
-		fmt.Fprintf(w, "peak RSS: largest VmHWM of the rounds, growth: peak minus the process's start-up.\n\n")
+		fmt.Fprintf(w, "CPU Mops: ops * threads / the threads' CPU time (the rate while they ran: steadier on a busy\n")
+		fmt.Fprintf(w, "machine); peak RSS: largest VmHWM of the rounds, growth: peak minus the process's start-up.\n\n")
 		tw := newTable(w)
-		tableRow(tw, 9, "alloc", "threads", "window", "Mops/s", "vs mimalloc", "vs glibc", "target",
-			"peak RSS MiB", "growth MiB", "vs mimalloc", "target")
+		tableRow(tw, 9, "alloc", "threads", "window", "Mops/s", "vs mi", "vs glibc", "CPU Mops", "vs mi", "vs glibc",
+			"target", "peak RSS MiB", "growth MiB", "vs mi", "target")
 		for _, win := range cfg.windows {
 			for _, t := range cfg.threads {
 				mi, okMi := findAlloc(recs, benchWindow, allocMimalloc, t, win, 0)
@@ -639,7 +652,8 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 						t1, t2 = ">= 0.9x mi, 2x glibc", "<= 1.2x"
 					}
 					tableRow(tw, 9, name, strconv.Itoa(t), strconv.Itoa(win), f2(r.Mops), vs(r.Mops, mi, okMi, name),
-						vs(r.Mops, gl, okGl, name), t1, mib(r.PeakRSSKB), mib(r.PeakRSSKB-r.BaseRSSKB),
+						vs(r.Mops, gl, okGl, name), f2(r.CPUMops), vsCPU(r.CPUMops, mi, okMi, name),
+						vsCPU(r.CPUMops, gl, okGl, name), t1, mib(r.PeakRSSKB), mib(r.PeakRSSKB-r.BaseRSSKB),
 						rssVs(r, mi, okMi)+" / "+growthVs(r, mi, okMi), t2)
 				}
 			}
@@ -647,14 +661,15 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "(RSS vs mimalloc: peak / growth)\n\n")
+		fmt.Fprintf(w, "(mi: mimalloc; RSS vs mi: peak / growth)\n\n")
 	}
 
 	if cfg.wantsBench(benchXthread) {
 		fmt.Fprintf(w, "cross-thread frees: a producer allocates 16-256 B blocks and passes them through a ring of %d\n", cfg.ring)
-		fmt.Fprintf(w, "entries to a consumer that checks and frees them (Mops/s: blocks per second, median).\n\n")
+		fmt.Fprintf(w, "entries to a consumer that checks and frees them (Mops/s: blocks per second, median; CPU Mops\n")
+		fmt.Fprintf(w, "counts both threads' CPU time, their spinning on the ring included).\n\n")
 		tw := newTable(w)
-		tableRow(tw, 9, "alloc", "Mops/s", "vs mimalloc", "vs glibc", "target", "peak RSS MiB", "vs mimalloc")
+		tableRow(tw, 9, "alloc", "Mops/s", "vs mi", "vs glibc", "CPU Mops", "vs mi", "vs glibc", "target", "peak RSS MiB", "vs mi")
 		mi, okMi := findAlloc(recs, benchXthread, allocMimalloc, 2, cfg.ring, 0)
 		gl, okGl := findAlloc(recs, benchXthread, allocGlibc, 2, cfg.ring, 0)
 		for _, name := range names {
@@ -666,7 +681,8 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 			if name == allocNogil {
 				target = ">= 1.0x mi"
 			}
-			tableRow(tw, 9, name, f2(r.Mops), vs(r.Mops, mi, okMi, name), vs(r.Mops, gl, okGl, name), target,
+			tableRow(tw, 9, name, f2(r.Mops), vs(r.Mops, mi, okMi, name), vs(r.Mops, gl, okGl, name),
+				f2(r.CPUMops), vsCPU(r.CPUMops, mi, okMi, name), vsCPU(r.CPUMops, gl, okGl, name), target,
 				mib(r.PeakRSSKB), rssVs(r, mi, okMi))
 		}
 		if err := tw.Flush(); err != nil {

@@ -50,6 +50,10 @@ typedef struct ab_result {
     int64_t ops;          /* window: frees+allocations; xthread: blocks passed and freed */
     int64_t elapsed_ns;   /* from the start signal to the last thread's end of the timed phase */
     int64_t corrupt;      /* blocks whose pattern did not survive (non-zero: EPROTO) */
+    /* The measured threads' CPU time in the timed phase, summed (CLOCK_THREAD_CPUTIME_ID):
+     * ops * threads / cpu_ns is the rate the threads had while they ran, less sensitive to
+     * other processes on a busy machine than ops / elapsed_ns. */
+    int64_t cpu_ns;
     /* Page allocator only: the writer's OBJECT heap statistics (ng_mi_heap_get_stats). */
     int64_t samples;
     uint64_t bytes_waiting_peak, pages_waiting_peak;

@@ -27,6 +27,14 @@ static inline int64_t ab_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* The calling thread's CPU time. */
+static inline int64_t ab_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* splitmix64: cheap, and every allocator sees the same sequence for the same seed. */
 static inline uint64_t ab_rng(uint64_t *s)
 {
@@ -133,6 +141,7 @@ typedef struct ab_thread {
     ab_run *run;
     int index;
     int64_t ops, end_ns, corrupt, reads;
+    int64_t cpu_ns;          /* the thread's CPU time in the timed phase */
     int64_t samples;
     uint64_t bw_peak, pw_peak;
     double bw_sum, pw_sum;

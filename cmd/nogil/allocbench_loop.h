@@ -66,6 +66,7 @@ static void *AB_IMPL(window_thread)(void *arg)
     (void)next_sample;
     if (ab_arrive_and_wait(run, err)) {
         const int64_t deadline = run->deadline_ns;
+        t->c.cpu_ns = -ab_cpu_ns();
         for (;;) {
             for (int i = 0; i < AB_CLOCK_EVERY; i++) {
                 uint64_t r = ab_rng(&rng);
@@ -112,6 +113,7 @@ static void *AB_IMPL(window_thread)(void *arg)
         }
         if (end == 0)
             end = ab_now_ns();
+        t->c.cpu_ns += ab_cpu_ns();
     }
     t->c.ops = ops;
     t->c.end_ns = end;
@@ -157,6 +159,7 @@ static void *AB_IMPL(producer)(void *arg)
     const uint64_t cap = ring->mask + 1;
     if (ab_arrive_and_wait(run, err)) {
         const int64_t deadline = run->deadline_ns;
+        t->c.cpu_ns = -ab_cpu_ns();
         for (;;) {
             for (int i = 0; i < AB_CLOCK_EVERY; i++) {
                 size_t n = ab_size(ab_rng(&rng));
@@ -199,6 +202,7 @@ static void *AB_IMPL(producer)(void *arg)
             if (ab_now_ns() >= deadline)
                 break;
         }
+        t->c.cpu_ns += ab_cpu_ns();
     }
     if (err != 0) /* the consumer must not wait for blocks that will not come */
         __atomic_store_n(&run->abort, 1, __ATOMIC_RELAXED);
@@ -232,6 +236,7 @@ static void *AB_IMPL(consumer)(void *arg)
     uint64_t tail = 0, head_seen = 0;
     int64_t end = 0;
     if (ab_arrive_and_wait(run, err)) {
+        t->c.cpu_ns = -ab_cpu_ns();
         unsigned spins = 0;
         for (;;) {
             if (tail == head_seen) {
@@ -263,6 +268,7 @@ static void *AB_IMPL(consumer)(void *arg)
             }
         }
         end = ab_now_ns();
+        t->c.cpu_ns += ab_cpu_ns();
     }
     if (err != 0)
         __atomic_store_n(&run->abort, 1, __ATOMIC_RELAXED);
