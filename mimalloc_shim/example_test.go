@@ -31,27 +31,38 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		p, err := h.Malloc(100)
-		if err != nil {
-			panic(err)
+		var blocks [3]unsafe.Pointer
+		for i := range blocks {
+			if blocks[i], err = h.Malloc(100); err != nil {
+				panic(err)
+			}
 		}
+		p := blocks[0]
 		copy(unsafe.Slice((*byte)(p), 100), "hello")
 		fmt.Println(string(unsafe.Slice((*byte)(p), 5)), mimalloc_shim.UsableSize(p) >= 100)
 		s, _ := h.Stats()
 		fmt.Println("blocks in use:", s.BlocksInUse)
 
-		// Any goroutine may free it; this one uses the heap's fast path.
-		if err := h.Free(p); err != nil {
+		// The owner frees with the heap's fast path; any goroutine may use the
+		// package-level Free.
+		if err := h.Free(blocks[0]); err != nil {
 			panic(err)
 		}
+		freed := make(chan error)
+		go func() { freed <- mimalloc_shim.Free(blocks[1]) }()
+		if err := <-freed; err != nil {
+			panic(err)
+		}
+		h.Collect(false) // takes back the other goroutine's free
 		s, _ = h.Stats()
 		fmt.Println("blocks in use:", s.BlocksInUse)
+		mimalloc_shim.Free(blocks[2])
 	}()
 	<-done
 	// Output:
 	// hello true
+	// blocks in use: 3
 	// blocks in use: 1
-	// blocks in use: 0
 }
 
 // Emptied pages of an object heap wait for a QSBR goal: while another thread state is

@@ -482,6 +482,15 @@ func TestMisuse(t *testing.T) {
 	owner.run(func(ts *nogil.ThreadState) {
 		must(t, "Attach", ts.Attach())
 		// The callback of Visit must leave its heap alone.
+		var extra [3]unsafe.Pointer
+		for i := range extra {
+			extra[i], _ = h.Malloc(8)
+		}
+		defer func() {
+			for _, q := range extra {
+				Free(q)
+			}
+		}()
 		n := 0
 		must(t, "Visit", h.Visit(func(q unsafe.Pointer, size uintptr) bool {
 			n++
@@ -569,31 +578,43 @@ func TestHeapKindString(t *testing.T) {
 }
 
 // A released ThreadState whose C memory is reused by a new state must not hand out the old
-// state's cached Heap.
+// state's cached Heap, even while the old Heap is still reachable.
 func TestHeapCacheAfterRelease(t *testing.T) {
 	deadline(t, 60*time.Second)
 	in := newInterp(t)
 	done := make(chan struct{})
+	reused := 0
 	go func() {
 		defer close(done)
-		var old *Heap
-		for i := 0; i < 50; i++ {
+		old := map[unsafe.Pointer]*Heap{} // kept reachable, so their cache entries stay
+		for i := 0; i < 300 && reused < 5; i++ {
 			ts, err := in.Bind()
 			if !must(t, "Bind", err) {
 				return
 			}
 			must(t, "Attach", ts.Attach())
 			h := heap(t, ts, Object)
-			if h == old || h.ThreadState() != ts {
-				t.Errorf("round %d: HeapOf returned the previous state's Heap", i)
+			if prev := old[ts.CPtr()]; prev != nil {
+				reused++
+				if h == prev {
+					t.Errorf("round %d: HeapOf returned the Heap of a released state at the same address", i)
+				}
+			}
+			if h.ThreadState() != ts {
+				t.Errorf("round %d: HeapOf returned another state's Heap", i)
 			}
 			p, err := h.Malloc(64)
 			if must(t, "Malloc", err) {
 				must(t, "Free", h.Free(p))
 			}
-			old = h
+			old[ts.CPtr()] = h
 			must(t, "Release", ts.Release())
+			_, err = h.Malloc(64)
+			wantErr(t, "Malloc on the released state's Heap", err, nogil.ErrReleased)
 		}
 	}()
 	<-done
+	if reused == 0 {
+		t.Skip("no thread-state address was reused in 300 rounds; the cache's identity check was not exercised")
+	}
 }
