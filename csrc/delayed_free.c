@@ -94,22 +94,39 @@ static inline int add_sat_int(int a, int b) { return a > INT_MAX - b ? INT_MAX :
 
 /* ---- Queue operations ----------------------------------------------------------------- */
 
-static ng_delayed_chunk *chunk_new(void)
+/* A chunk for the tail of `q`: its spare if it has one (the most recently drained chunk,
+ * likely still in cache), else a new one. Only the owner of an own queue keeps a spare. */
+static ng_delayed_chunk *chunk_new(ng_delayed_queue *q)
 {
-    /* Relaxed: a test sets the counter before the calls it wants to fail. */
+    /* Relaxed: a test sets the counter before the calls it wants to fail. It fails the reuse
+     * of the spare too, so the test reaches the out-of-memory path whatever the queue kept. */
     int fail = ng_atomic_load(&ng_test_fail_delayed_chunk_alloc, NG_RELAXED);
     while (fail > 0) {
         if (ng_atomic_cas(&ng_test_fail_delayed_chunk_alloc, &fail, fail - 1, NG_RELAXED,
                           NG_RELAXED))
             return NULL;
     }
-    return calloc(1, sizeof(ng_delayed_chunk));
+    ng_delayed_chunk *c = q->spare;
+    if (c != NULL) {
+        q->spare = NULL;
+        c->next = NULL;
+        c->rd_idx = c->wr_idx = 0;
+        return c;
+    }
+    /* Not calloc: every field is written before it is read (entries when pushed). */
+    c = malloc(sizeof(ng_delayed_chunk));
+    if (c != NULL) {
+        c->next = NULL;
+        c->rd_idx = c->wr_idx = 0;
+    }
+    return c;
 }
 
-/* The first entry not yet run, or NULL. Drained chunks in front of it are freed, except that
- * with `keep_last` a drained last chunk stays, reset, as the cache for the next entry (own
- * queues: a thread that frees steadily would otherwise allocate a chunk per drain). */
-static ng_delayed_entry *queue_peek(ng_delayed_queue *q, bool keep_last)
+/* The first entry not yet run, or NULL. Drained chunks in front of it are freed, except in
+ * own queues (`own`): there a drained last chunk stays, reset, as the cache for the next
+ * entry, and another drained chunk becomes the spare if there is none (a thread that frees
+ * steadily would otherwise allocate and free a chunk per chunk of entries). */
+static ng_delayed_entry *queue_peek(ng_delayed_queue *q, bool own)
 {
     for (;;) {
         ng_delayed_chunk *c = q->head;
@@ -118,14 +135,17 @@ static ng_delayed_entry *queue_peek(ng_delayed_queue *q, bool keep_last)
         if (c->rd_idx < c->wr_idx)
             return &c->entries[c->rd_idx];
         if (c->next == NULL) {
-            if (keep_last) {
+            if (own) {
                 c->rd_idx = c->wr_idx = 0;
                 return NULL;
             }
             q->tail = NULL;
         }
         q->head = c->next;
-        free(c);
+        if (own && q->spare == NULL)
+            q->spare = c;
+        else
+            free(c);
     }
 }
 
@@ -168,19 +188,22 @@ static void queue_free_chunks(ng_delayed_queue *q)
         free(c);
         c = next;
     }
-    q->head = q->tail = NULL;
+    free(q->spare);
+    q->head = q->tail = q->spare = NULL;
     ng_atomic_store(&q->items, 0, NG_RELAXED);
     ng_atomic_store(&q->bytes, 0, NG_RELAXED);
     set_oldest(q, 0, 0);
 }
 
 /* Moves every entry of `src` behind those of `dst`, in order; `src` ends empty, with no
- * chunk. An empty `src` is left alone (keeping its cached chunk). */
+ * chunk (its spare is freed). An empty `src` is left alone (keeping its cached chunks). */
 static void queue_splice(ng_delayed_queue *dst, ng_delayed_queue *src)
 {
     uint64_t n = ng_atomic_load(&src->items, NG_RELAXED);
     if (n == 0)
         return;
+    free(src->spare);
+    src->spare = NULL;
     if (ng_atomic_load(&dst->items, NG_RELAXED) == 0)
         set_oldest(dst, ng_atomic_load(&src->oldest_goal, NG_RELAXED),
                    ng_atomic_load(&src->oldest_ns, NG_RELAXED));
@@ -250,14 +273,22 @@ static int process_own(ng_tstate *ts, uint64_t *unmet)
 {
     ng_delayed_queue *q = &ts->delayed;
     int ran = 0;
+    /* The last goal found reached: a reached goal stays reached, and entries come in runs of
+     * one goal (every entry between two advances gets the same), so one poll serves a run.
+     * NG_QSBR_OFFLINE (0) is never a goal to skip for: goals are odd. */
+    uint64_t reached = NG_QSBR_OFFLINE;
     *unmet = 0;
     for (;;) {
         ng_delayed_entry *next = queue_peek(q, true);
         if (next == NULL)
             break;
-        if (!ng_qsbr_poll(ts->qsbr, next->goal)) {
-            *unmet = next->goal;
-            break;
+        uint64_t goal = next->goal;
+        if (goal != reached) {
+            if (!ng_qsbr_poll(ts->qsbr, goal)) {
+                *unmet = goal;
+                break;
+            }
+            reached = goal;
         }
         ng_delayed_entry e = queue_pop(q);
         TORTURE_YIELD();
@@ -395,7 +426,7 @@ static int queue_entry(ng_tstate *ts, uint32_t kind, void *ptr, void *arg, size_
     ng_delayed_queue *q = &ts->delayed;
     ng_delayed_chunk *c = q->tail;
     if (c == NULL || c->wr_idx == NG_DELAYED_CHUNK_ENTRIES) {
-        ng_delayed_chunk *fresh = chunk_new();
+        ng_delayed_chunk *fresh = chunk_new(q);
         if (fresh == NULL)
             return run_after_grace_period(ts, &e);
         if (c == NULL)
@@ -452,7 +483,13 @@ int ng_process_delayed(ng_tstate *ts)
     /* Clear before processing, so a threshold crossed by an entry queued meanwhile (by a
      * running entry) sets them again. Relaxed: the flag is owner-only state. */
     ng_atomic_store(&ts->qsbr->should_process, 0, NG_RELAXED);
-    ng_tstate_clear_pending(ts, NG_PENDING_DELAYED);
+    /* The checkpoint that calls us has taken the bit already: skip the RMW then (it is most
+     * of the cost of a checkpoint that retries an unmet goal, R5). Relaxed: only this thread
+     * clears the bit, so one seen set stays set until the clear; one set by another thread
+     * after this load (only tests do that) is handled by the next checkpoint, as a request
+     * arriving just after the clear would be. */
+    if (ng_atomic_load(&ts->pending, NG_RELAXED) & NG_PENDING_DELAYED)
+        ng_tstate_clear_pending(ts, NG_PENDING_DELAYED);
 
     uint64_t unmet;
     int ran = process_own(ts, &unmet);

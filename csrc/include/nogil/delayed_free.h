@@ -55,9 +55,12 @@ typedef struct ng_delayed_chunk {
 } ng_delayed_chunk;
 
 /* A FIFO of chunks; `head` is processed first. Counters are read by other threads for stats
- * (relaxed). */
+ * (relaxed). An own queue keeps one drained chunk in `spare` for its next chunk, so a thread
+ * that retires steadily neither allocates nor frees chunks (and writes into memory still in
+ * its cache); the spare goes with the queue's hand-over. */
 typedef struct ng_delayed_queue {
     ng_delayed_chunk *head, *tail;
+    ng_delayed_chunk *spare;
     uint64_t items;        /* entries not yet run */
     uint64_t bytes;        /* their accounted size */
     uint64_t oldest_goal;  /* goal of the head entry (0: empty) */
