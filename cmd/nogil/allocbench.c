@@ -106,7 +106,10 @@ int ab_drive(ab_run *run, void *(*worker)(void *), void *(*consumer)(void *),
     for (int i = 0; i < started; i++) {
         ab_thread *t = AB_T(i);
         out->corrupt += t->corrupt;
-        out->cpu_ns += t->cpu_ns;
+        if (p->bench == AB_BENCH_WINDOW)
+            out->cpu_ns += t->cpu_ns / n;
+        else if (t->cpu_ns - t->wait_cpu_ns > out->cpu_ns)
+            out->cpu_ns = t->cpu_ns - t->wait_cpu_ns;
         if (p->bench == AB_BENCH_WINDOW || i == 1) {
             out->ops += t->ops;
             if (t->end_ns > end)

@@ -50,9 +50,11 @@ typedef struct ab_result {
     int64_t ops;          /* window: frees+allocations; xthread: blocks passed and freed */
     int64_t elapsed_ns;   /* from the start signal to the last thread's end of the timed phase */
     int64_t corrupt;      /* blocks whose pattern did not survive (non-zero: EPROTO) */
-    /* The measured threads' CPU time in the timed phase, summed (CLOCK_THREAD_CPUTIME_ID):
-     * ops * threads / cpu_ns is the rate the threads had while they ran, less sensitive to
-     * other processes on a busy machine than ops / elapsed_ns. */
+    /* CPU time (CLOCK_THREAD_CPUTIME_ID) per measured thread in the timed phase, so that
+     * ops / cpu_ns is the rate the threads had while they ran, less sensitive to other
+     * processes on a busy machine than ops / elapsed_ns. Window: the mean of the threads';
+     * xthread: the busier thread's, without its waits on the ring (the pipeline's bottleneck
+     * stage). */
     int64_t cpu_ns;
     /* Page allocator only: the writer's OBJECT heap statistics (ng_mi_heap_get_stats). */
     int64_t samples;

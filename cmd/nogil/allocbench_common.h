@@ -142,6 +142,7 @@ typedef struct ab_thread {
     int index;
     int64_t ops, end_ns, corrupt, reads;
     int64_t cpu_ns;          /* the thread's CPU time in the timed phase */
+    int64_t wait_cpu_ns;     /* the part of it spent waiting on the ring (after a first yield) */
     int64_t samples;
     uint64_t bw_peak, pw_peak;
     double bw_sum, pw_sum;

@@ -133,15 +133,27 @@ static void *AB_IMPL(window_thread)(void *arg)
 }
 
 /* Waits for the ring: spins a little, then yields; passes the checkpoint now and then so a
- * waiting thread does not hold up the other's page reuse. */
-static inline int AB_IMPL(ring_wait)(AB_IMPL(thread) *t, unsigned *spins)
+ * waiting thread does not hold up the other's page reuse. From the first yield on, the wait
+ * is timed (*wait_from: the thread's CPU time then) so that its CPU time can be left out. */
+static inline int AB_IMPL(ring_wait)(AB_IMPL(thread) *t, unsigned *spins, int64_t *wait_from)
 {
     if (++*spins % 64 != 0) {
         ab_cpu_relax();
         return 0;
     }
+    if (*wait_from == 0)
+        *wait_from = ab_cpu_ns();
     sched_yield();
     return AB_TICK(&t->tls);
+}
+
+/* The end of a timed wait. */
+static inline void AB_IMPL(wait_done)(AB_IMPL(thread) *t, int64_t *wait_from)
+{
+    if (*wait_from != 0) {
+        t->c.wait_cpu_ns += ab_cpu_ns() - *wait_from;
+        *wait_from = 0;
+    }
 }
 
 static void *AB_IMPL(producer)(void *arg)
@@ -176,13 +188,15 @@ static void *AB_IMPL(producer)(void *arg)
                     corrupt_after = 0;
                 }
                 unsigned spins = 0;
+                int64_t wait_from = 0;
                 while (head - tail_seen >= cap) {
                     tail_seen = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
                     if (head - tail_seen >= cap)
-                        err = AB_IMPL(ring_wait)(t, &spins);
+                        err = AB_IMPL(ring_wait)(t, &spins, &wait_from);
                     if (err != 0 || __atomic_load_n(&run->abort, __ATOMIC_RELAXED))
                         break;
                 }
+                AB_IMPL(wait_done)(t, &wait_from);
                 if (head - tail_seen >= cap) { /* error or abort: the block is still ours */
                     AB_FREE(&t->tls, b);
                     stop = true;
@@ -238,6 +252,7 @@ static void *AB_IMPL(consumer)(void *arg)
     if (ab_arrive_and_wait(run, err)) {
         t->c.cpu_ns = -ab_cpu_ns();
         unsigned spins = 0;
+        int64_t wait_from = 0;
         for (;;) {
             if (tail == head_seen) {
                 head_seen = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE);
@@ -250,12 +265,13 @@ static void *AB_IMPL(consumer)(void *arg)
                     }
                     if (__atomic_load_n(&run->abort, __ATOMIC_RELAXED))
                         break;
-                    err = AB_IMPL(ring_wait)(t, &spins);
+                    err = AB_IMPL(ring_wait)(t, &spins, &wait_from);
                     if (err != 0)
                         break;
                     continue;
                 }
             }
+            AB_IMPL(wait_done)(t, &wait_from);
             void *b = ring->buf[tail & ring->mask];
             if (!ab_check_serial(b, tail + 1))
                 t->c.corrupt++;
@@ -267,6 +283,7 @@ static void *AB_IMPL(consumer)(void *arg)
                     break;
             }
         }
+        AB_IMPL(wait_done)(t, &wait_from);
         end = ab_now_ns();
         t->c.cpu_ns += ab_cpu_ns();
     }
