@@ -127,12 +127,15 @@ func startBound(t testing.TB, in *nogil.Interpreter, attach bool) *bound {
 func (g *bound) run(f func(ts *nogil.ThreadState)) {
 	ran := make(chan struct{})
 	completed := false
-	g.do <- func(ts *nogil.ThreadState) {
+	select {
+	case g.do <- func(ts *nogil.ThreadState) {
 		defer close(ran)
 		f(ts)
 		completed = true
+	}:
+		<-ran
+	case <-g.done: // an earlier f ended the goroutine: that test has failed already
 	}
-	<-ran
 	if !completed {
 		runtime.Goexit()
 	}
