@@ -269,7 +269,9 @@ func (h *Heap) Realloc(p unsafe.Pointer, size uintptr) (unsafe.Pointer, error) {
 //
 // Other goroutines use the package-level Free. Freeing a pointer the allocator did not hand
 // out, or freeing a block twice, is undefined (as with free(3)) except in the nogil_debug
-// build, which returns ErrNotAllocated or ErrDoubleFree.
+// build, which returns ErrNotAllocated or ErrDoubleFree. That build finds a double free of a
+// small, medium or large block only on the goroutine bound to the thread that owns the
+// block's page (the C check reads the owner's free lists); elsewhere it stays undefined.
 func (h *Heap) Free(p unsafe.Pointer) error {
 	if p == nil {
 		return nil
