@@ -64,6 +64,11 @@ static void *huge_malloc(ng_mi_heap *heap, size_t size)
 {
     ng_mi_thread *t = heap->thread;
     ng_mi_huge_waiting_collect(t->mi, t, false);
+    /* Rounding must not wrap: SIZE_MAX - 3 would become 0 and get a tiny block. */
+    if (size > SIZE_MAX - 15) {
+        errno = ENOMEM;
+        return NULL;
+    }
     size = (size + 15) & ~(size_t)15;
     ng_mi_segment *s = ng_mi_segment_alloc(heap, NG_MI_SEGMENT_HUGE, size);
     if (s == NULL)
