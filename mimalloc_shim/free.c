@@ -84,8 +84,14 @@ static void huge_free(ng_mi_segment *s)
     }
     bool gated = s->heap_kind != NG_MI_HEAP_MEM;
     if (gated) {
+        /* A huge block is megabytes: its goal is an advance (a seq-cst RMW, ordered after
+         * the caller's free), as a page of that size would force through the owner's
+         * deferred-page memory. shared_next instead gave a goal no report reaches until
+         * something else advances, so a thread that only frees huge objects kept every one
+         * of them mapped. Any thread may advance, so freers need no slot. */
+        uint64_t goal = ng_qsbr_advance(&mi->interp->qsbr);
         /* Relaxed: read under the lock by everyone else. */
-        ng_atomic_store(&page->qsbr_goal, ng_mi_goal_now(mi, NULL, 0), NG_RELAXED);
+        ng_atomic_store(&page->qsbr_goal, goal, NG_RELAXED);
         s->owner = NULL;
         ng_mi_seglist_push(&mi->huge_waiting, s);
         NG_MI_LEN_ADD(mi->huge_waiting_n, 1);

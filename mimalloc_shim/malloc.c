@@ -63,7 +63,10 @@ static ng_mi_page *find_page(ng_mi_heap *heap, size_t bin)
 static void *huge_malloc(ng_mi_heap *heap, size_t size)
 {
     ng_mi_thread *t = heap->thread;
-    ng_mi_huge_waiting_collect(t->mi, t, false);
+    /* With a scan: rd_seq moves only when someone scans, and a thread that allocates only
+     * huge blocks would otherwise never see the goals of the ones it freed reached (one scan
+     * is nothing next to mapping megabytes; none happens while nothing waits). */
+    ng_mi_huge_waiting_collect(t->mi, t, true);
     /* Rounding must not wrap: SIZE_MAX - 3 would become 0 and get a tiny block. */
     if (size > SIZE_MAX - 15) {
         errno = ENOMEM;
