@@ -71,3 +71,110 @@ TEST(alloc_review_huge_object_frees_do_not_pile_up)
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
+
+/* ==== Statistics read while other threads allocate, free across threads and exit ============ */
+
+#define RS_SLOTS 256
+
+typedef struct rs_shared {
+    ng_interp *in;
+    uintptr_t slots[RS_SLOTS]; /* atomic */
+    uint32_t stop;             /* atomic */
+    uint64_t bad;              /* atomic */
+} rs_shared;
+
+typedef struct rs_worker {
+    rs_shared *s;
+    uint64_t seed;
+    int rounds;
+} rs_worker;
+
+static void *rs_worker_main(void *arg)
+{
+    rs_worker *w = arg;
+    rs_shared *s = w->s;
+    uint64_t rng = w->seed | 1;
+    for (int r = 0; r < w->rounds; r++) {
+        /* A state per round: its heaps are abandoned at the end of each one. */
+        ng_tstate *ts = alloc_state_attached(s->in);
+        if (ts == NULL)
+            return NULL;
+        ng_mi_heap *h[NG_MI_HEAP_COUNT];
+        for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+            h[k] = alloc_heap(ts, (ng_mi_heap_kind)k);
+        for (int i = 0; i < ALLOC_SCALED(2000); i++) {
+            uint64_t x = rng_next(&rng);
+            size_t size = x % 97 == 0 ? (3u << 20) : 48 + (size_t)(x >> 20) % 2000;
+            void *p = ng_mi_heap_malloc(h[x % NG_MI_HEAP_COUNT], size);
+            if (p == NULL) {
+                ng_atomic_fetch_add(&s->bad, 1, NG_SEQ_CST);
+                break;
+            }
+            size_t slot = (size_t)(x >> 40) % RS_SLOTS;
+            /* Acq-rel: the block changes hands. */
+            void *old = (void *)ng_atomic_exchange(&s->slots[slot], (uintptr_t)p, NG_ACQ_REL);
+            if (old != NULL && ng_mi_free(old) != NG_OK)
+                ng_atomic_fetch_add(&s->bad, 1, NG_SEQ_CST);
+            if (i % 32 == 0)
+                CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+            if (i % 256 == 0)
+                CHECK_STATUS(ng_mi_heap_collect(h[x % NG_MI_HEAP_COUNT], i % 512 == 0), NG_OK);
+        }
+        CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    }
+    return NULL;
+}
+
+static void *rs_stats_main(void *arg)
+{
+    rs_shared *s = arg;
+    /* No state of its own: statistics and frees from a thread without one. */
+    while (!ng_atomic_load(&s->stop, NG_ACQUIRE)) {
+        ng_mi_stats st;
+        if (ng_mi_interp_get_stats(s->in, &st) != NG_OK)
+            ng_atomic_fetch_add(&s->bad, 1, NG_SEQ_CST);
+        void *old = (void *)ng_atomic_exchange(&s->slots[st.segments % RS_SLOTS], 0, NG_ACQ_REL);
+        if (old != NULL && ng_mi_free(old) != NG_OK)
+            ng_atomic_fetch_add(&s->bad, 1, NG_SEQ_CST);
+        sched_yield();
+    }
+    return NULL;
+}
+
+TEST(alloc_review_stats_and_stateless_frees_race_with_exiting_threads)
+{
+    rs_shared *s = calloc(1, sizeof *s);
+    REQUIRE(s != NULL);
+    s->in = alloc_interp_new();
+    REQUIRE(s->in != NULL);
+    enum { T = 3 };
+    pthread_t th[T], st;
+    rs_worker w[T];
+    st = spawn_thread(rs_stats_main, s);
+    for (int t = 0; t < T; t++) {
+        w[t] = (rs_worker){s, (uint64_t)t * 7919 + 3, ALLOC_SANITIZED ? 3 : 6};
+        th[t] = spawn_thread(rs_worker_main, &w[t]);
+    }
+    for (int t = 0; t < T; t++)
+        join_thread(th[t]);
+    ng_atomic_store(&s->stop, 1, NG_RELEASE);
+    join_thread(st);
+    CHECK_EQ(ng_atomic_load(&s->bad, NG_SEQ_CST), 0);
+    ng_tstate *ts = alloc_state_attached(s->in);
+    REQUIRE(ts != NULL);
+    for (size_t i = 0; i < RS_SLOTS; i++)
+        if (s->slots[i] != 0)
+            CHECK_STATUS(ng_mi_free((void *)s->slots[i]), NG_OK);
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+        CHECK_STATUS(ng_mi_heap_collect(alloc_heap(ts, (ng_mi_heap_kind)k), true), NG_OK);
+    alloc_quiesce(ts);
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+        CHECK_STATUS(ng_mi_heap_collect(alloc_heap(ts, (ng_mi_heap_kind)k), true), NG_OK);
+    ng_mi_stats end = alloc_interp_stats(s->in);
+    CHECK_EQ(end.blocks_in_use, 0);
+    CHECK_EQ(end.pages_abandoned, 0);
+    CHECK_EQ(end.huge_blocks, 0);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_STATUS(ng_interp_delete(s->in), NG_OK);
+    free(s);
+}
