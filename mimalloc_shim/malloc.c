@@ -51,6 +51,9 @@ static ng_mi_page *find_page(ng_mi_heap *heap, size_t bin)
     /* Pages whose goal is reached go back to their segments (any size class). */
     if (heap->use_qsbr || heap->thread->qsbr_head != NULL)
         ng_mi_qsbr_collect(heap->thread, true, false);
+    /* Freed huge object blocks whose goal is reached too (a relaxed peek when none waits):
+     * otherwise they stay mapped until the next huge allocation or explicit collection. */
+    ng_mi_huge_waiting_collect(heap->thread->mi, heap->thread, true);
     /* Abandoned segments of our kind before new memory. */
     if (ng_mi_reclaim(heap, 1, false) > 0) {
         page = scan_bin(heap, bin);

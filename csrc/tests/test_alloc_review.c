@@ -178,3 +178,39 @@ TEST(alloc_review_stats_and_stateless_frees_race_with_exiting_threads)
     CHECK_STATUS(ng_interp_delete(s->in), NG_OK);
     free(s);
 }
+
+/* A freed huge object block waits for its goal; once the goal is reached, the next time the
+ * heap needs a fresh page the block's mapping must go (CPython processes its deferred pages,
+ * huge ones included, whenever mimalloc needs a fresh page). It stayed mapped until the next
+ * huge allocation or an explicit collection, so one freed 64 MiB object kept its memory for
+ * as long as the program allocated only small blocks. */
+TEST(alloc_review_freed_huge_object_goes_when_a_fresh_page_is_needed)
+{
+    ng_interp *in = alloc_interp_new();
+    REQUIRE(in != NULL);
+    ng_tstate *ts = alloc_state_attached(in);
+    REQUIRE(ts != NULL);
+    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+    REQUIRE(obj != NULL);
+    void *big = ng_mi_heap_malloc(obj, 64u << 20);
+    REQUIRE(big != NULL);
+    uint64_t with_big = alloc_interp_stats(in).bytes_mapped;
+    CHECK_STATUS(ng_mi_free(big), NG_OK);
+    alloc_quiesce(ts); /* every goal so far is reached now */
+    /* Small blocks of one class until several fresh pages were needed. */
+    size_t n = 3 * (((size_t)64 << 10) / 256);
+    void **blocks = calloc(n, sizeof *blocks);
+    REQUIRE(blocks != NULL);
+    for (size_t i = 0; i < n; i++) {
+        blocks[i] = ng_mi_heap_malloc(obj, 256);
+        REQUIRE(blocks[i] != NULL);
+    }
+    uint64_t after = alloc_interp_stats(in).bytes_mapped;
+    CHECK_LT(after + (uint64_t)(32u << 20), with_big);
+    CHECK_EQ(alloc_interp_stats(in).pages_waiting, 0);
+    for (size_t i = 0; i < n; i++)
+        ng_mi_free(blocks[i]);
+    free(blocks);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+}
