@@ -123,7 +123,9 @@ void *ng_mi_heap_calloc(ng_mi_heap *heap, size_t n, size_t size)
         return NULL;
     }
     void *p = ng_mi_heap_malloc(heap, total);
-    if (p != NULL)
+    /* A huge block is always a fresh anonymous mapping (huge_malloc never reuses one), so it
+     * is zero already; writing zeros would only make every one of its pages resident. */
+    if (p != NULL && total <= NG_MI_LARGE_MAX)
         memset(p, 0, total);
     return p;
 }

@@ -214,3 +214,40 @@ TEST(alloc_review_freed_huge_object_goes_when_a_fresh_page_is_needed)
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
+
+/* calloc of a huge block gets a fresh mapping, which the kernel zeroes on first touch: writing
+ * zeros over it made every page resident at once (calloc(1, 1 GiB) committed 1 GiB). */
+#include <sys/mman.h>
+#include <unistd.h>
+
+TEST(alloc_review_huge_calloc_does_not_touch_the_fresh_mapping)
+{
+    ng_interp *in = alloc_interp_new();
+    REQUIRE(in != NULL);
+    ng_tstate *ts = alloc_state_attached(in);
+    REQUIRE(ts != NULL);
+    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
+    REQUIRE(mem != NULL);
+    size_t size = 64u << 20;
+    uint8_t *p = ng_mi_heap_calloc(mem, 1, size);
+    REQUIRE(p != NULL);
+    size_t os_page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = ((uintptr_t)p + os_page - 1) & ~(uintptr_t)(os_page - 1);
+    size_t pages = (size - os_page) / os_page;
+    unsigned char *vec = malloc(pages);
+    REQUIRE(vec != NULL);
+    REQUIRE(mincore((void *)from, pages * os_page, vec) == 0);
+    size_t resident = 0;
+    for (size_t i = 0; i < pages; i++)
+        resident += vec[i] & 1;
+    CHECK_LT(resident, pages / 8);
+    /* And it reads as zeros. */
+    bool zero = true;
+    for (size_t i = 0; i < size; i += 4093)
+        zero &= p[i] == 0;
+    CHECK(zero && p[size - 1] == 0);
+    free(vec);
+    CHECK_STATUS(ng_mi_free(p), NG_OK);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+}
