@@ -146,11 +146,12 @@ bench-alloc:
 ## lib: libnogil.a and a pkg-config file for C users.
 lib: $(BUILD)/libnogil.a $(BUILD)/nogil.pc
 
-$(BUILD)/obj/%.o: csrc/%.c $(CORE_HDR)
-	@mkdir -p $(BUILD)/obj
+# The core and the page allocator (mimalloc_shim/*.c), each object under its source's path.
+$(BUILD)/obj/%.o: %.c $(CORE_HDR)
+	@mkdir -p $(dir $@)
 	$(CC) $(CWARN) $(CINC) $(OPT) -g -pthread -fPIC -c -o $@ $<
 
-$(BUILD)/libnogil.a: $(patsubst csrc/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+$(BUILD)/libnogil.a: $(patsubst %.c,$(BUILD)/obj/%.o,$(CORE_SRC))
 	ar rcs $@ $^
 
 $(BUILD)/nogil.pc: nogil.pc.in
