@@ -338,19 +338,23 @@ TEST(alloc_full_page_learns_about_foreign_frees)
         blocks[i] = ng_mi_heap_malloc(mem, size);
         REQUIRE(alloc_page_of(blocks[i]) == page);
     }
-    /* The next allocation finds the page full: it goes to the full queue. */
-    void *other = ng_mi_heap_malloc(mem, size);
-    REQUIRE(other != NULL);
-    CHECK(alloc_page_of(other) != page);
-    CHECK(page->flags & NG_MI_PAGE_IN_FULL);
-    /* Fill the second page too, so only the first can serve. */
-    ng_mi_page *page2 = alloc_page_of(other);
-    size_t n2 = page2->reserved;
+    /* Fill more pages until a scan finds ours among enough exhausted ones to park it in the
+     * full queue (the first few stay queued), and stop right there, with every page of the
+     * class exhausted, so only a block freed into ours can serve next. */
+    size_t n2 = 16 * n;
     void **more = calloc(n2, sizeof *more);
     REQUIRE(more != NULL);
-    more[0] = other;
-    for (size_t i = 1; i < n2; i++)
-        more[i] = ng_mi_heap_malloc(mem, size);
+    size_t extra = 0;
+    while (extra < n2 && !(page->flags & NG_MI_PAGE_IN_FULL)) {
+        more[extra] = ng_mi_heap_malloc(mem, size);
+        REQUIRE(more[extra] != NULL);
+        CHECK(alloc_page_of(more[extra]) != page);
+        extra++;
+    }
+    REQUIRE(page->flags & NG_MI_PAGE_IN_FULL);
+    for (ng_mi_page *last = alloc_page_of(more[extra - 1]); last->free != NULL && extra < n2;)
+        more[extra++] = ng_mi_heap_malloc(mem, size);
+    n2 = extra;
     xfree_arg a = {blocks, 0, n, in, false};
     alloc_run_thread(xfree_main, &a);
     ng_mi_stats before = alloc_heap_stats(mem);
