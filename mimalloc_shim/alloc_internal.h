@@ -160,6 +160,39 @@ static inline ng_mi_segment *ng_mi_page_segment(const ng_mi_page *page)
     return ng_mi_segment_of(page);
 }
 
+#ifdef NG_MI_DEBUG
+/* ---- Debug builds: live-block bookkeeping (the checked free's double-free test) ------------ *
+ *
+ * Every segment's header has, after its page descriptors, one of these (header_size in
+ * segment.c makes room for it only in NG_MI_DEBUG builds, so the public structs and the
+ * release layout are unchanged). live[i] is page i's bitmap, one bit per block, set while the
+ * block is handed out: calloc'ed when the page is given a size class and freed when it goes
+ * back to its segment or the segment is unmapped; it is published and withdrawn under the
+ * registry lock, which the checked free holds while it looks at it. huge_live is a huge
+ * segment's flag: 1 while its block is handed out.
+ *
+ * Allocation sets a bit with fetch_or, the checked free clears it with fetch_and before it
+ * touches the block: of two frees of one block (on any threads, racing or not) exactly one
+ * sees the bit set and goes on; the other returns NG_ESTATE. Relaxed is enough for the bit:
+ * it only decides which of the racing frees wins (the RMWs on one word are totally ordered
+ * whatever the order argument), and the block itself is handed between threads by the free
+ * lists (thread_free's release/acquire CAS, the owner's own program order), which order the
+ * allocation's fetch_or before any later free's fetch_and of the same block and the winning
+ * free's fetch_and before the reallocation's fetch_or. */
+typedef struct ng_mi_debug_seg {
+    uint64_t huge_live;
+    uint64_t *live[]; /* page_count entries */
+} ng_mi_debug_seg;
+
+static inline ng_mi_debug_seg *ng_mi_segment_debug(ng_mi_segment *s)
+{
+    return (ng_mi_debug_seg *)(void *)&s->pages[s->page_count];
+}
+/* Sets the live bit of a block just handed out from `page` (aborts if it was set already: an
+ * allocator bug, handing out a live block twice). */
+void ng_mi_debug_mark_live(ng_mi_page *page, void *p);
+#endif
+
 /* ---- os.c ----------------------------------------------------------------------------------- */
 
 /* A mapping of `size` bytes aligned to NG_MI_SEGMENT_SIZE, or NULL (ENOMEM). */

@@ -1,5 +1,11 @@
 /* Frees that leave the inline path: full pages, huge blocks, other threads' blocks, the
- * heap's delayed-free list, and the checked free of debug builds. */
+ * heap's delayed-free list, and the checked free of debug builds.
+ *
+ * The checked free (NG_MI_DEBUG) finds a double free on any thread, racing or not: it clears
+ * the block's live bit (a huge segment's live flag) with one atomic read-modify-write before
+ * it touches the block, and only the free that cleared it goes on (alloc_internal.h). A
+ * block of a page that has since gone back to its segment, or of a huge MEM segment already
+ * unmapped, is no longer recognisable and gets NG_EINVAL. */
 #include <sched.h>
 
 #include "alloc_internal.h"
@@ -168,6 +174,7 @@ int ng_mi_free_unchecked(void *p)
     return ng_mi_free_generic(segment, page, p);
 }
 
+#ifndef NG_MI_DEBUG
 static bool list_contains(const ng_mi_page *page, const ng_mi_block *b, const void *p)
 {
     for (size_t n = 0; b != NULL && n <= page->reserved; b = ng_mi_block_next(page, b), n++)
@@ -175,6 +182,7 @@ static bool list_contains(const ng_mi_page *page, const ng_mi_block *b, const vo
             return true;
     return false;
 }
+#endif
 
 /* With the registry lock held (the segment stays mapped). */
 static int check_block(ng_mi_segment *s, void *p)
@@ -187,21 +195,49 @@ static int check_block(ng_mi_segment *s, void *p)
         page = &s->pages[0];
         if (!page->in_use || (uint8_t *)p != page->start)
             return NG_EINVAL;
+#ifdef NG_MI_DEBUG
+        /* The exchange lets exactly one of any number of (racing) frees pass. Relaxed: see
+         * alloc_internal.h. */
+        return ng_atomic_exchange(&ng_mi_segment_debug(s)->huge_live, 0, NG_RELAXED) != 0
+                   ? NG_OK
+                   : NG_ESTATE;
+#else
         /* Relaxed: written under the interpreter lock by the first free. */
         return ng_atomic_load(&page->qsbr_goal, NG_RELAXED) != 0 ? NG_ESTATE : NG_OK;
+#endif
     }
     size_t index = off >> s->page_shift;
     if (index >= s->page_count)
         return NG_EINVAL;
     page = &s->pages[index];
     /* These fields are set before any block of the page is handed out and stay while one is
-     * live, so reading them for a valid block races with nothing. */
+     * live, so reading them for a valid block races with nothing (in NG_MI_DEBUG builds they
+     * change only under the registry lock we hold, so an invalid one races with nothing
+     * either). */
     if (!page->in_use || page->block_size == 0 || (uint8_t *)p < page->start)
         return NG_EINVAL;
     size_t d = (size_t)((uint8_t *)p - page->start);
     if (d % page->block_size != 0 || d / page->block_size >= page->reserved)
         return NG_EINVAL;
-    /* Double frees are found by the owner, who may read its free lists. */
+#ifdef NG_MI_DEBUG
+    /* capacity is the owner's (it grows as the page is carved): only the owner can tell a
+     * block start never handed out; elsewhere that is reported as NG_ESTATE below. */
+    if (ng_atomic_load(&s->thread_id, NG_RELAXED) == ng_thread_id() &&
+        d / page->block_size >= page->capacity)
+        return NG_EINVAL;
+    /* The live bit, cleared before the block is touched: of two frees of one block, on any
+     * threads, racing or not, exactly one sees it set (alloc_internal.h; relaxed justified
+     * there). The bitmap stays while we hold the registry lock (ng_mi_segment_page_free). */
+    uint64_t *live = ng_mi_segment_debug(s)->live[index];
+    if (live == NULL)
+        return NG_EINVAL; /* not in use (cannot be, given in_use above) */
+    size_t bi = d / page->block_size;
+    uint64_t m = (uint64_t)1 << (bi & 63);
+    return (ng_atomic_fetch_and(&live[bi >> 6], ~m, NG_RELAXED) & m) ? NG_OK : NG_ESTATE;
+#else
+    /* Release builds call this only through ng_mi_free_checked used directly (ng_mi_free
+     * does not check): there a double free is found by the owner, who may read its free
+     * lists; another thread's double free passes. */
     if (ng_atomic_load(&s->thread_id, NG_RELAXED) != ng_thread_id())
         return NG_OK;
     if (page->used == 0 || list_contains(page, page->free, p) ||
@@ -223,6 +259,7 @@ static int check_block(ng_mi_segment *s, void *p)
                 return NG_ESTATE;
     }
     return NG_OK;
+#endif
 }
 
 int ng_mi_free_checked(void *p)

@@ -9,6 +9,9 @@ static void *page_pop(ng_mi_page *page)
     ng_mi_block *b = page->free;
     page->free = ng_mi_block_next(page, b);
     page->used++;
+#ifdef NG_MI_DEBUG
+    ng_mi_debug_mark_live(page, b);
+#endif
     return b;
 }
 
@@ -104,6 +107,9 @@ static void *huge_malloc(ng_mi_heap *heap, size_t size)
     ng_mi_interp_lock(t->mi);
     ng_mi_seglist_push(&t->huge, s);
     ng_mi_interp_unlock(t->mi);
+#ifdef NG_MI_DEBUG
+    ng_mi_debug_mark_live(page, page->start);
+#endif
     return page->start;
 }
 
@@ -113,6 +119,14 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
         errno = ENOMEM;
         return NULL;
     }
+#ifdef NG_MI_DEBUG
+    /* Only the owner may allocate (alloc.h): another thread would race on the owner-only
+     * queues and free lists. */
+    if (heap->thread_id != ng_thread_id()) {
+        errno = EPERM;
+        return NULL;
+    }
+#endif
     if (size > NG_MI_LARGE_MAX)
         return huge_malloc(heap, size);
     ng_mi_heap_drain_delayed(heap);

@@ -5,6 +5,7 @@
  * the page descriptors) sits at its start, so the first page is shorter than the others. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -92,6 +93,32 @@ bool ng_mi_registry_lock_lookup(const ng_mi_segment *s)
 
 void ng_mi_registry_unlock(void) { ng_raw_mutex_unlock(&reg_lock); }
 
+#ifdef NG_MI_DEBUG
+void ng_mi_debug_mark_live(ng_mi_page *page, void *p)
+{
+    ng_mi_segment *s = ng_mi_page_segment(page);
+    ng_mi_debug_seg *dbg = ng_mi_segment_debug(s);
+    uint64_t old;
+    if (s->kind == NG_MI_SEGMENT_HUGE) {
+        /* Relaxed: see alloc_internal.h (the block reaches other threads by their own
+         * synchronisation with the caller). */
+        old = ng_atomic_exchange(&dbg->huge_live, 1, NG_RELAXED);
+    }
+    else {
+        /* A plain read: only the owner allocates, and it (or the reclaim that handed it the
+         * segment, under the interpreter lock) published the pointer. */
+        uint64_t *live = dbg->live[page - s->pages];
+        size_t i = (size_t)((uint8_t *)p - page->start) / page->block_size;
+        uint64_t m = (uint64_t)1 << (i & 63);
+        old = ng_atomic_fetch_or(&live[i >> 6], m, NG_RELAXED) & m;
+    }
+    if (old != 0) {
+        fprintf(stderr, "nogil allocator bug: block %p handed out while live\n", p);
+        abort();
+    }
+}
+#endif
+
 void ng_mi_registry_after_fork(void)
 {
     /* Only the forking thread exists: a holder that was cut short by fork is gone. */
@@ -125,6 +152,10 @@ void ng_mi_seglist_remove(ng_mi_segment **head, ng_mi_segment *s)
 static size_t header_size(size_t page_count)
 {
     size_t h = sizeof(ng_mi_segment) + page_count * sizeof(ng_mi_page);
+#ifdef NG_MI_DEBUG
+    /* The live-block bookkeeping (alloc_internal.h) follows the page descriptors. */
+    h += sizeof(ng_mi_debug_seg) + page_count * sizeof(uint64_t *);
+#endif
     return (h + 63) & ~(size_t)63;
 }
 
@@ -233,6 +264,14 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
 void ng_mi_segment_unmap(ng_mi_interp *mi, ng_mi_segment *s)
 {
     reg_remove((uintptr_t)s);
+#ifdef NG_MI_DEBUG
+    /* Out of the registry (reg_remove waited for any checked free looking at it): the
+     * bitmaps of pages still in use (interpreter teardown, abandoned segments) go now. */
+    for (uint32_t i = 0; i < s->page_count; i++) {
+        free(ng_mi_segment_debug(s)->live[i]);
+        ng_mi_segment_debug(s)->live[i] = NULL;
+    }
+#endif
     ng_mi_interp_lock(mi);
     if (s->all_prev != NULL)
         s->all_prev->all_next = s->all_next;
@@ -288,21 +327,46 @@ ng_mi_page *ng_mi_segment_page_alloc(ng_mi_heap *heap, size_t bin)
         errno = ENOMEM;
         return NULL;
     }
+#ifdef NG_MI_DEBUG
+    /* The page's live bitmap (alloc_internal.h). On failure nothing has changed: the page
+     * stays free in its (possibly new, empty) owned segment, which later requests reuse. */
+    size_t nblocks = page->area / block_size;
+    uint64_t *live = calloc((nblocks + 63) / 64, sizeof(uint64_t));
+    if (live == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* Under the registry lock, as the checked free reads these fields under it: a stray
+     * free racing with the page's change of size class reads either state, never a mix. */
+    ng_raw_mutex_lock(&reg_lock);
+#endif
     s->pages_used++;
     page->in_use = 1;
     ng_mi_page_init(heap, page, bin, block_size);
+#ifdef NG_MI_DEBUG
+    ng_mi_segment_debug(s)->live[page - s->pages] = live;
+    ng_raw_mutex_unlock(&reg_lock);
+#endif
     return page;
 }
 
 void ng_mi_segment_page_free(ng_mi_page *page)
 {
     ng_mi_segment *s = ng_mi_page_segment(page);
+#ifdef NG_MI_DEBUG
+    /* Withdrawn under the registry lock (see ng_mi_segment_page_alloc): a checked free of a
+     * block of this page either finished with the bitmap or finds the page not in use. */
+    ng_raw_mutex_lock(&reg_lock);
+    uint64_t *live = ng_mi_segment_debug(s)->live[page - s->pages];
+    ng_mi_segment_debug(s)->live[page - s->pages] = NULL;
+#endif
     page->free = page->local_free = NULL;
     page->used = 0;
     page->flags = 0;
     page->block_size = 0;
     /* Relaxed: an empty page has no block another thread may free (only a double free
-     * would race, and that is undefined). */
+     * would race: undefined in release builds; in NG_MI_DEBUG builds the checked free reads
+     * the page under the registry lock held here, and never this word once it failed). */
     ng_atomic_store(&page->thread_free, 0, NG_RELAXED);
     ng_atomic_store(&page->heap, NULL, NG_RELAXED);
     page->prev = page->next = NULL;
@@ -312,6 +376,10 @@ void ng_mi_segment_page_free(ng_mi_page *page)
     page->retire_expire = 0;
     page->bin = 0;
     page->reserved_flags = 0;
+#ifdef NG_MI_DEBUG
+    ng_raw_mutex_unlock(&reg_lock);
+    free(live);
+#endif
     s->pages_used--;
     if (s->pages_used == 0 && s->owner != NULL && !s->owner->abandoning)
         ng_mi_segment_release_empty(s->owner, s);

@@ -35,7 +35,16 @@
  * NULL with errno ENOMEM, never aborts. Compiled with NG_MI_DEBUG defined (the sanitizer
  * builds; Go tag nogil_debug), ng_mi_free checks its argument (ng_mi_free_checked) and returns
  * NG_EINVAL for a pointer this allocator did not hand out and NG_ESTATE for a double free,
- * without touching the memory; without it, such a free is undefined like free(3)'s.
+ * without touching the memory; without it, such a free is undefined like free(3)'s. The
+ * debug check keeps a live bit per block (set by every allocation, cleared atomically by the
+ * free before it touches the block), so it finds a double free from any thread, and of two
+ * racing frees of one block exactly one returns NG_OK. A block whose page has since gone back
+ * to its segment (or a MEM huge block, whose segment is unmapped at once) is no longer
+ * recognisable: its second free returns NG_EINVAL; a block start never handed out may be
+ * reported as NG_ESTATE by a thread other than the page's owner. In NG_MI_DEBUG builds
+ * ng_mi_heap_malloc always takes the out-of-line path, and ng_mi_heap_malloc_generic (so
+ * every allocation) returns NULL with errno EPERM when the caller is not the heap's owner
+ * thread (heap->thread_id != ng_thread_id()).
  */
 #ifndef NOGIL_ALLOC_H
 #define NOGIL_ALLOC_H
@@ -187,6 +196,11 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size);
 
 static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
 {
+#ifdef NG_MI_DEBUG
+    /* Debug builds keep a live bit per block (the checked free's double-free test), which
+     * only the out-of-line path sets. */
+    return ng_mi_heap_malloc_generic(heap, size);
+#else
     if (size <= NG_MI_DIRECT_MAX) {
         ng_mi_page *page = heap->direct[(size + 7) >> 3];
         ng_mi_block *block = page->free;
@@ -197,6 +211,7 @@ static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
         }
     }
     return ng_mi_heap_malloc_generic(heap, size);
+#endif
 }
 
 /* Zeroed; NULL (ENOMEM) when n * size overflows. */
