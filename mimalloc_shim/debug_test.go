@@ -35,9 +35,47 @@ func TestDebugCheckedFrees(t *testing.T) {
 				wantErr(t, "Free twice", Free(p), ErrDoubleFree)
 				wantErr(t, "Heap.Free of an interior pointer", h.Free(unsafe.Add(q, 8)), ErrNotAllocated, "not allocated by this allocator")
 			})
-			// From a goroutine without a thread state. (Not a double free: the C check finds
-			// those only on the owner's thread, which alone may read the page's free lists.)
+			// From a goroutine without a thread state.
 			wantErr(t, "Free of an interior pointer (other goroutine)", Free(unsafe.Add(q, 16)), ErrNotAllocated)
+			// A double free on another goroutine (not the owner's thread) is found too, and the
+			// heap stays consistent: the block comes back once.
+			var r, keep unsafe.Pointer
+			g.run(func(ts *nogil.ThreadState) {
+				r, _ = h.Malloc(64) // Heap.Malloc's fast path would skip the live bit
+				keep, _ = h.Malloc(64)
+			})
+			must(t, "Free (other goroutine)", Free(r))
+			wantErr(t, "Free twice (other goroutine)", Free(r), ErrDoubleFree, "double free")
+			errs := make(chan error, 2)
+			for range 2 {
+				go func() { errs <- Free(r) }()
+			}
+			for range 2 {
+				wantErr(t, "Free twice (third goroutine)", <-errs, ErrDoubleFree)
+			}
+			g.run(func(ts *nogil.ThreadState) {
+				must(t, "Collect", h.Collect(false))
+				if s := stats(t, h); s.BlocksInUse != 2 { // q and keep
+					t.Errorf("%d blocks in use after the rejected frees, want 2", s.BlocksInUse)
+				}
+				seen := map[unsafe.Pointer]bool{q: true, keep: true}
+				var got []unsafe.Pointer
+				for range 8 {
+					b, err := h.Malloc(64)
+					if !must(t, "Malloc", err) {
+						return
+					}
+					if seen[b] {
+						t.Errorf("Malloc handed out %p twice", b)
+					}
+					seen[b] = true
+					got = append(got, b)
+				}
+				for _, b := range got {
+					must(t, "Free", h.Free(b))
+				}
+				must(t, "Free", h.Free(keep))
+			})
 			foreign := libcMalloc(256)
 			wantErr(t, "Free of a libc pointer", Free(foreign), ErrNotAllocated, "not allocated by this allocator")
 			libcFree(foreign)

@@ -62,7 +62,8 @@
 //
 // Built with the nogil_debug tag, the allocator checks every free: Free and Heap.Free return
 // ErrNotAllocated for a pointer it did not hand out and ErrDoubleFree for a block already
-// free, without touching the memory. Double frees of non-huge blocks are found only on the
-// thread that owns the block's page (see Heap.Free). Otherwise, as with free(3), such a
+// free, without touching the memory. Double frees are found on every goroutine, racing ones
+// included (one of two concurrent frees of a block succeeds): that build keeps a live bit per
+// block and sends every Heap.Malloc to C, which sets it (see Heap.Free). Otherwise, as with free(3), such a
 // free is undefined.
 package mimalloc_shim

@@ -197,10 +197,12 @@ func (h *Heap) check(op string) error {
 //
 // Sizes up to DirectMax are served without a cgo call when their size class has a free
 // block ready (the Go spelling of the C inline ng_mi_heap_malloc); other requests call
-// ng_mi_heap_malloc_generic.
+// ng_mi_heap_malloc_generic. In the nogil_debug build every request calls C.
 func (h *Heap) Malloc(size uintptr) (unsafe.Pointer, error) {
 	// The checks of owned, spelled here so that they are inlined.
-	if size <= DirectMax && h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy {
+	// checkedAlloc (the nogil_debug build) sends every request to C, which keeps the live
+	// bit of each block the checked free tests; a constant, so the release build is unchanged.
+	if !checkedAlloc && size <= DirectMax && h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy {
 		page := h.v.direct[(size+7)>>3]
 		if b := page.free; b != nil {
 			page.free = *(*unsafe.Pointer)(unsafe.Add(b, page.linkOffset))
@@ -269,9 +271,11 @@ func (h *Heap) Realloc(p unsafe.Pointer, size uintptr) (unsafe.Pointer, error) {
 //
 // Other goroutines use the package-level Free. Freeing a pointer the allocator did not hand
 // out, or freeing a block twice, is undefined (as with free(3)) except in the nogil_debug
-// build, which returns ErrNotAllocated or ErrDoubleFree. That build finds a double free of a
-// small, medium or large block only on the goroutine bound to the thread that owns the
-// block's page (the C check reads the owner's free lists); elsewhere it stays undefined.
+// build, which returns ErrNotAllocated or ErrDoubleFree from any goroutine: the C check keeps
+// a live bit per block, cleared atomically before the block is touched, so of two racing
+// frees of one block exactly one succeeds. A second free of a block whose page has since gone
+// back to its segment (or of a freed Mem huge block, whose memory is unmapped at once)
+// returns ErrNotAllocated.
 func (h *Heap) Free(p unsafe.Pointer) error {
 	if p == nil {
 		return nil
