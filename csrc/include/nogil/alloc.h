@@ -190,8 +190,9 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out);
 
 /* ---- Allocation (owner thread) ---------------------------------------------------------- */
 
-/* Any size, and the inline path's misses. NULL with errno ENOMEM on failure. Size 0 returns
- * a unique block of the smallest class. */
+/* Any size, and the inline path's misses. NULL with errno ENOMEM on failure (NG_MI_DEBUG
+ * builds: NULL with errno EPERM when the caller is not the heap's owner thread). Size 0
+ * returns a unique block of the smallest class. */
 void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size);
 
 static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
