@@ -17,27 +17,19 @@ static void *page_pop(ng_mi_page *page)
 
 /* The first page of the bin that has (or, collected, gets) a free block. Pages found full go
  * to the full queue; a waiting page that is picked loses its goal (M3). */
-/* Exhausted pages a bin scan leaves in the queue before it parks more in the full queue. */
-#define NG_MI_SCAN_KEEP_EXHAUSTED 4
-
 static ng_mi_page *scan_bin(ng_mi_heap *heap, size_t bin)
 {
     ng_mi_page_queue *q = &ng_mi_heap_data_of(heap)->bins[bin];
-    int exhausted = 0;
     for (ng_mi_page *page = q->first, *next; page != NULL; page = next) {
         next = page->next;
         ng_mi_page_collect(page);
         if (page->free == NULL)
             ng_mi_page_extend(page);
         if (page->free == NULL) {
-            /* The first few exhausted pages of a scan stay queued: parking one in the full
-             * queue costs two atomic read-modify-writes of its thread_free word (USE now,
-             * NORMAL at the owner's next free into it), each waiting for every earlier store
-             * to reach the cache, while re-checking a queued page costs two plain loads. With
-             * blocks freed at random (a window of live objects) pages cycle between exhausted
-             * and one free block all the time: measured 2x at 16,384 live blocks. */
-            if (++exhausted <= NG_MI_SCAN_KEEP_EXHAUSTED)
-                continue;
+            /* Exhausted: parked in the full queue (two atomic RMWs of its thread_free word,
+             * USE now and NORMAL when a block comes back), so later scans do not re-walk it.
+             * It returns at the back of the bin (ng_mi_page_unfull), so each round trip buys
+             * the blocks freed into it meanwhile. */
             if (ng_mi_page_to_full(page))
                 continue;
             if (page->free == NULL)

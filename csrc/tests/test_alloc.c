@@ -338,9 +338,10 @@ TEST(alloc_full_page_learns_about_foreign_frees)
         blocks[i] = ng_mi_heap_malloc(mem, size);
         REQUIRE(alloc_page_of(blocks[i]) == page);
     }
-    /* Fill more pages until a scan finds ours among enough exhausted ones to park it in the
-     * full queue (the first few stay queued), and stop right there, with every page of the
-     * class exhausted, so only a block freed into ours can serve next. */
+    /* Fill more pages until a scan parks ours in the full queue, and go on until the page
+     * serving then is exhausted too (every block carved and handed out), so that every page
+     * of the class is, and only a block freed into ours can serve next (a page leaving the
+     * full queue goes to the back of its bin, behind any page with blocks to hand out). */
     size_t n2 = 16 * n;
     void **more = calloc(n2, sizeof *more);
     REQUIRE(more != NULL);
@@ -352,7 +353,8 @@ TEST(alloc_full_page_learns_about_foreign_frees)
         extra++;
     }
     REQUIRE(page->flags & NG_MI_PAGE_IN_FULL);
-    for (ng_mi_page *last = alloc_page_of(more[extra - 1]); last->free != NULL && extra < n2;)
+    for (ng_mi_page *last = alloc_page_of(more[extra - 1]);
+         (last->free != NULL || last->capacity < last->reserved) && extra < n2;)
         more[extra++] = ng_mi_heap_malloc(mem, size);
     n2 = extra;
     xfree_arg a = {blocks, 0, n, in, false};
