@@ -122,8 +122,7 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
     if (size > NG_MI_LARGE_MAX)
         return huge_malloc(heap, size);
     ng_mi_heap_drain_delayed(heap);
-    if (heap->kind == NG_MI_HEAP_MEM)
-        ng_mi_heap_collect_retired(heap, false);
+    ng_mi_heap_collect_retired(heap, false);
     size_t bin = ng_mi_heap_bin(heap->kind, size);
     ng_mi_page *page = find_page(heap, bin);
     if (page == NULL) {

@@ -110,16 +110,15 @@ static void page_release(ng_mi_page *page)
 void ng_mi_page_retire(ng_mi_page *page)
 {
     ng_mi_heap *heap = ng_atomic_load(&page->heap, NG_RELAXED);
-    if (heap->use_qsbr) {
-        ng_mi_page_defer(page);
-        return;
-    }
     if (page->flags & NG_MI_PAGE_IN_FULL)
         ng_mi_page_unfull(page);
     ng_mi_heap_data *hd = ng_mi_heap_data_of(heap);
     ng_mi_page_queue *q = &hd->bins[page->bin];
-    /* The only page of its size class stays a little while: a loop that allocates and frees
-     * one block would otherwise map and unmap a page each time. */
+    /* The only page of its size class stays a little while, in its class: a loop that
+     * allocates and frees one block would otherwise release (or, in an object heap, defer
+     * with a goal and take back) a page each time. Staying in its own size class needs no
+     * goal (spec 6.1: same-class reuse is safe at once); the goal comes when the delay
+     * expires (ng_mi_heap_collect_retired) or the heap is abandoned. */
     if (q->first == page && q->last == page && page->block_size <= NG_MI_MEDIUM_MAX &&
         !heap->thread->abandoning) {
         page->retire_expire = page->block_size <= NG_MI_SMALL_MAX ? 16 : 4;
@@ -134,7 +133,10 @@ void ng_mi_page_retire(ng_mi_page *page)
         }
         return;
     }
-    page_release(page);
+    if (heap->use_qsbr)
+        ng_mi_page_defer(page);
+    else
+        page_release(page);
 }
 
 void ng_mi_heap_collect_retired(ng_mi_heap *heap, bool all)
@@ -155,7 +157,10 @@ void ng_mi_heap_collect_retired(ng_mi_heap *heap, bool all)
         }
         if (all || --page->retire_expire == 0) {
             page->retire_expire = 0;
-            page_release(page);
+            if (heap->use_qsbr)
+                ng_mi_page_defer(page);
+            else
+                page_release(page);
             continue;
         }
         if (hd->retired_min > hd->retired_max)

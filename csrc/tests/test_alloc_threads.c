@@ -164,6 +164,9 @@ static void *leaver_main(void *arg)
     }
     for (size_t i = 0; i < l->n_waiting; i++)
         ng_mi_free(l->waiting_blocks[i]);
+    /* The only page of its class stays in it for a while without a goal; a collection
+     * ends that and defers it. */
+    CHECK_STATUS(ng_mi_heap_collect(obj, false), NG_OK);
     CHECK_NE(l->waiting->qsbr_goal, 0);
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     return NULL;
