@@ -355,3 +355,56 @@ TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
+
+/* The only page of a size class, once emptied, first stays in its class without a goal
+ * (same-class reuse is safe at once); when the delay runs out through allocations of other
+ * classes (no collect), it waits for a goal like any emptied page, and no other class gets it
+ * while a reader holds the goal back. */
+TEST(alloc_qsbr_retire_delay_ends_in_a_goal_not_in_another_class)
+{
+    ng_interp *in = alloc_interp_new();
+    REQUIRE(in != NULL);
+    ng_tstate *ts = alloc_state_attached(in);
+    REQUIRE(ts != NULL);
+    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+    REQUIRE(h != NULL);
+    reader r;
+    reader_start(&r, in);
+    ng_mi_page *page = NULL;
+    size_t n = 0;
+    void **blocks = fill_page(h, 96, &page, &n);
+    REQUIRE(blocks != NULL);
+    for (size_t i = 0; i < n; i++)
+        alloc_fill(blocks[i], 0, 96, 7);
+    for (size_t i = 0; i < n; i++)
+        ng_mi_free(blocks[i]);
+    CHECK_EQ(page->qsbr_goal, 0); /* retire delay: still its class's page, no goal */
+    CHECK(page->in_use);
+
+    size_t other_n = ALLOC_SCALED(4000), landed = 0;
+    void **others = calloc(other_n, sizeof *others);
+    REQUIRE(others != NULL);
+    for (size_t i = 0; i < other_n; i++) {
+        others[i] = ng_mi_heap_malloc(h, i % 2 ? 4000 : 300);
+        if (others[i] == NULL)
+            break;
+        landed += in_page(others[i], page);
+    }
+    CHECK_EQ(landed, 0);
+    CHECK_NE(page->qsbr_goal, 0); /* the delay ran out: it waits for its goal */
+    CHECK(page->in_use);
+    CHECK_EQ(alloc_heap_stats(h).pages_waiting, 1);
+    size_t intact = 0;
+    for (size_t i = 0; i < n; i++)
+        intact += alloc_check(blocks[i], 0, NG_MI_OBJECT_PREFIX, 7);
+    CHECK_EQ(intact, n);
+
+    for (size_t i = 0; i < other_n; i++)
+        ng_mi_free(others[i]);
+    free(others);
+    reader_cmd(&r, 2, 3);
+    join_thread(r.thread);
+    free(blocks);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+}
