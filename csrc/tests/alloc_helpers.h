@@ -52,6 +52,17 @@ static inline ng_mi_heap *alloc_heap(ng_tstate *ts, ng_mi_heap_kind kind)
     return h;
 }
 
+/* The usual scene of a test: an interpreter, the calling thread's attached state and one of
+ * its heaps, declared under the given names; the test returns (failure recorded) when one of
+ * them cannot be had. */
+#define ALLOC_SCENE(in, ts, heap, kind)                                                 \
+    ng_interp *in = alloc_interp_new();                                                 \
+    REQUIRE(in != NULL);                                                                \
+    ng_tstate *ts = alloc_state_attached(in);                                           \
+    REQUIRE(ts != NULL);                                                                \
+    ng_mi_heap *heap = alloc_heap(ts, kind);                                            \
+    REQUIRE(heap != NULL)
+
 static inline ng_mi_stats alloc_heap_stats(ng_mi_heap *h)
 {
     ng_mi_stats st;

@@ -32,12 +32,7 @@ static size_t class_size_of(ng_mi_heap *h, size_t size, size_t *prev_class, bool
 
 TEST(alloc_size_classes_cover_every_size_monotonically_and_aligned)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     size_t prev = 0;
     bool ok = true;
     for (size_t s = 0; s <= 2048 && ok; s++)
@@ -129,12 +124,7 @@ TEST(alloc_blocks_of_random_sizes_never_overlap)
 
 TEST(alloc_large_and_huge_blocks_are_usable_and_unmapped_when_freed)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     ng_mi_stats before = alloc_interp_stats(in);
     size_t sizes[] = {200 * 1024, NG_MI_LARGE_MAX, 3u << 20, 64u << 20};
     void *p[4];
@@ -176,12 +166,7 @@ static bool realloc_kept(const uint8_t *r, int n)
 
 TEST(alloc_calloc_zeroes_and_realloc_keeps_contents)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     /* A reused block is dirty; calloc must clear it anyway. */
     void *d = ng_mi_heap_malloc(mem, 100);
     REQUIRE(d != NULL);
@@ -219,12 +204,7 @@ TEST(alloc_calloc_zeroes_and_realloc_keeps_contents)
 
 TEST(alloc_local_free_is_reused_by_the_owner)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     void *keep = ng_mi_heap_malloc(mem, 48); /* the page stays in use */
     void *ps[64];
     for (int i = 0; i < 64; i++)
@@ -271,12 +251,7 @@ static void *xfree_main(void *p)
 
 TEST(alloc_cross_thread_frees_are_collected_and_reused)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     enum { N = 4000, T = 4 };
     void **blocks = calloc(N, sizeof *blocks);
     REQUIRE(blocks != NULL);
@@ -320,12 +295,7 @@ TEST(alloc_cross_thread_frees_are_collected_and_reused)
 
 TEST(alloc_full_page_learns_about_foreign_frees)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     size_t size = 1024;
     void *first = ng_mi_heap_malloc(mem, size);
     REQUIRE(first != NULL);
@@ -382,12 +352,7 @@ TEST(alloc_full_page_learns_about_foreign_frees)
 
 TEST(alloc_mmap_failure_returns_enomem_and_recovers)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(obj != NULL);
+    ALLOC_SCENE(in, ts, obj, NG_MI_HEAP_OBJECT);
     ng_mi_stats before = alloc_interp_stats(in);
     size_t sizes[] = {24, 4000, 100000, 1u << 20, 8u << 20};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -546,12 +511,7 @@ static void *stw_visitor(void *p)
 
 TEST(alloc_visit_finds_exactly_the_live_blocks)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *gc = alloc_heap(ts, NG_MI_HEAP_GC);
-    REQUIRE(gc != NULL);
+    ALLOC_SCENE(in, ts, gc, NG_MI_HEAP_GC);
     enum { N = 3000 };
     void *all[N];
     live_set s = {calloc(N, sizeof(void *)), 0, 0, 0, 0, calloc(N, 1)};

@@ -119,12 +119,7 @@ static void *batch_main(void *arg)
  * free lists instead of taking a bit passes both (and cannot even look off the owner). */
 TEST(alloc_debug_racing_double_frees_one_winner)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_MEM);
     enum { ROUND = 500, TOTAL = 10000 };
     void **v = calloc(ROUND, sizeof *v);
     REQUIRE(v != NULL);
@@ -303,12 +298,7 @@ TEST(alloc_debug_double_free_after_abandon)
  * leave everything untouched. */
 TEST(alloc_debug_foreign_pointers_still_einval)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_MEM);
     void *p = ng_mi_heap_malloc(h, 64);
     void *big = ng_mi_heap_malloc(h, NG_MI_LARGE_MAX + 1);
     REQUIRE(p != NULL && big != NULL);
@@ -357,12 +347,7 @@ static void *wrong_main(void *arg)
 
 TEST(alloc_debug_wrong_thread_malloc_eperm)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
     void *mine = ng_mi_heap_malloc(h, 16); /* a page of the class: the fast path would hit */
     REQUIRE(mine != NULL);
     ng_mi_stats before = alloc_heap_stats(h);

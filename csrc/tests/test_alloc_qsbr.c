@@ -116,12 +116,7 @@ TEST(alloc_qsbr_gc_pre_page_waits_and_keeps_its_longer_prefix)
 
 TEST(alloc_qsbr_same_class_reuses_a_waiting_page_without_touching_prefixes)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_GC);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_GC);
     reader r;
     reader_start(&r, in);
     ng_mi_page *page = NULL;
@@ -164,12 +159,7 @@ TEST(alloc_qsbr_same_class_reuses_a_waiting_page_without_touching_prefixes)
 
 TEST(alloc_qsbr_mem_pages_go_to_other_classes_at_once)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     reader r;
     reader_start(&r, in); /* holds: it would block any goal */
     ng_mi_page *p1 = NULL, *p2 = NULL;
@@ -226,12 +216,7 @@ static void *foreign_free_main(void *p)
 
 TEST(alloc_r11_deferred_full_pages_serve_their_class_and_memory_stays_flat)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
     /* We never report: no goal is ever reached, so only same-class reuse can help. */
     size_t per_page = alloc_page_of(ng_mi_heap_malloc(h, 128))->reserved;
     size_t n = per_page * 6;
@@ -314,12 +299,7 @@ TEST(alloc_r11_goal_comes_from_the_owner_slot_and_visits_keep_it)
 
 TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
     ng_mi_page *pages[4] = {0};
     void **blocks[4];
     size_t n[4] = {0};
@@ -362,12 +342,7 @@ TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
  * while a reader holds the goal back. */
 TEST(alloc_qsbr_retire_delay_ends_in_a_goal_not_in_another_class)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(h != NULL);
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
     reader r;
     reader_start(&r, in);
     ng_mi_page *page = NULL;

@@ -49,12 +49,7 @@ TEST(alloc_review_huge_size_overflow_returns_enomem)
  * advances to) and allocation has to notice it. */
 TEST(alloc_review_huge_object_frees_do_not_pile_up)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(obj != NULL);
+    ALLOC_SCENE(in, ts, obj, NG_MI_HEAP_OBJECT);
     uint64_t base = alloc_interp_stats(in).bytes_mapped;
     uint64_t most = 0;
     for (int i = 0; i < 40; i++) {
@@ -187,12 +182,7 @@ TEST(alloc_review_stats_and_stateless_frees_race_with_exiting_threads)
  * as long as the program allocated only small blocks. */
 TEST(alloc_review_freed_huge_object_goes_when_a_fresh_page_is_needed)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
-    REQUIRE(obj != NULL);
+    ALLOC_SCENE(in, ts, obj, NG_MI_HEAP_OBJECT);
     void *big = ng_mi_heap_malloc(obj, 64u << 20);
     REQUIRE(big != NULL);
     uint64_t with_big = alloc_interp_stats(in).bytes_mapped;
@@ -223,12 +213,7 @@ TEST(alloc_review_freed_huge_object_goes_when_a_fresh_page_is_needed)
 
 TEST(alloc_review_huge_calloc_does_not_touch_the_fresh_mapping)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
-    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
     size_t size = 64u << 20;
     uint8_t *p = ng_mi_heap_calloc(mem, 1, size);
     REQUIRE(p != NULL);

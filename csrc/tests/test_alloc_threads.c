@@ -361,12 +361,7 @@ static int fork_child(ng_interp *in, ng_tstate *me, fork_holder *holders, int n,
 
 TEST(alloc_threads_fork_child_adopts_dead_threads_segments)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *me = alloc_state_attached(in);
-    REQUIRE(me != NULL);
-    ng_mi_heap *mem = alloc_heap(me, NG_MI_HEAP_MEM);
-    REQUIRE(mem != NULL);
+    ALLOC_SCENE(in, me, mem, NG_MI_HEAP_MEM);
     uint64_t *own = ng_mi_heap_malloc(mem, 64);
     REQUIRE(own != NULL);
     alloc_fill(own, 0, 64, 9);
