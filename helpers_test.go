@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nogil-go/nogil"
+	"github.com/nogil-go/nogil/internal/testutil"
 )
 
 // Keep the main OS thread for the main goroutine: a test goroutine that exits while locked to
@@ -17,32 +18,13 @@ import (
 // go-ecosystem.md §2d), and thread-bound C state never leaks into the test runner.
 func init() { runtime.LockOSThread() }
 
-// deadline is a watchdog: if the test is still running after d, the process panics with a
-// dump of every goroutine. Threads asleep in C cannot be interrupted, so a hang would
-// otherwise last until go test's own -timeout.
-func deadline(t testing.TB, d time.Duration) {
-	t.Helper()
-	name := t.Name()
-	timer := time.AfterFunc(d, func() {
-		buf := make([]byte, 4<<20)
-		n := runtime.Stack(buf, true)
-		panic(fmt.Sprintf("watchdog: %s still running after %v; goroutines:\n%s", name, d, buf[:n]))
-	})
-	t.Cleanup(func() { timer.Stop() })
-}
-
-// waitFor polls cond every millisecond until it holds or timeout passes, and reports whether
-// it held.
-func waitFor(timeout time.Duration, cond func() bool) bool {
-	for end := time.Now().Add(timeout); ; time.Sleep(time.Millisecond) {
-		if cond() {
-			return true
-		}
-		if time.Now().After(end) {
-			return false
-		}
-	}
-}
+// Shared with the other packages' tests (internal/testutil).
+var (
+	deadline = testutil.Deadline
+	waitFor  = testutil.WaitFor
+	must     = testutil.Must
+	wantErr  = testutil.WantErr
+)
 
 // goLocked runs f in a new goroutine locked to its own OS thread (so that the thread is
 // exclusively f's while it blocks in C) and returns a channel closed when f returns.

@@ -1,11 +1,9 @@
 package nogil_test
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,34 +38,6 @@ func stats(t testing.TB, in *nogil.Interpreter) nogil.Stats {
 		t.Fatalf("Stats: %v", err)
 	}
 	return s
-}
-
-// must fails the test (from any goroutine) if err is not nil.
-func must(t testing.TB, what string, err error) bool {
-	t.Helper()
-	if err != nil {
-		t.Errorf("%s: %v", what, err)
-		return false
-	}
-	return true
-}
-
-// wantErr fails unless err matches target with errors.Is and its message starts "nogil:" and
-// contains every hint.
-func wantErr(t testing.TB, what string, err, target error, hints ...string) {
-	t.Helper()
-	if !errors.Is(err, target) {
-		t.Errorf("%s = %v, want %v", what, err, target)
-		return
-	}
-	if !strings.HasPrefix(err.Error(), "nogil: ") {
-		t.Errorf("%s: message %q does not start with \"nogil: \"", what, err)
-	}
-	for _, h := range hints {
-		if !strings.Contains(err.Error(), h) {
-			t.Errorf("%s: message %q does not say %q", what, err, h)
-		}
-	}
 }
 
 // withState runs f in a new goroutine with a ThreadState of in bound to it (attached if

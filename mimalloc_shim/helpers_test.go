@@ -1,43 +1,24 @@
 package mimalloc_shim
 
 import (
-	"errors"
-	"fmt"
 	"runtime"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/nogil-go/nogil"
+	"github.com/nogil-go/nogil/internal/testutil"
 )
 
 // Keep the main OS thread for the main goroutine: a test goroutine that exits while locked to
 // its thread then ends a thread of its own, and no thread-bound C state lands on the runner.
 func init() { runtime.LockOSThread() }
 
-// deadline panics with every goroutine's stack if the test still runs after d.
-func deadline(t testing.TB, d time.Duration) {
-	t.Helper()
-	name := t.Name()
-	timer := time.AfterFunc(d, func() {
-		buf := make([]byte, 4<<20)
-		n := runtime.Stack(buf, true)
-		panic(fmt.Sprintf("watchdog: %s still running after %v; goroutines:\n%s", name, d, buf[:n]))
-	})
-	t.Cleanup(func() { timer.Stop() })
-}
-
-// waitFor polls cond every millisecond until it holds or timeout passes.
-func waitFor(timeout time.Duration, cond func() bool) bool {
-	for end := time.Now().Add(timeout); ; time.Sleep(time.Millisecond) {
-		if cond() {
-			return true
-		}
-		if time.Now().After(end) {
-			return false
-		}
-	}
-}
+// Shared with the other packages' tests (internal/testutil).
+var (
+	deadline = testutil.Deadline
+	waitFor  = testutil.WaitFor
+	must     = testutil.Must
+	wantErr  = testutil.WantErr
+)
 
 func newInterp(t testing.TB) *nogil.Interpreter {
 	t.Helper()
@@ -51,33 +32,6 @@ func newInterp(t testing.TB) *nogil.Interpreter {
 		}
 	})
 	return in
-}
-
-func must(t testing.TB, what string, err error) bool {
-	t.Helper()
-	if err != nil {
-		t.Errorf("%s: %v", what, err)
-		return false
-	}
-	return true
-}
-
-// wantErr fails unless err matches target and its message starts with "nogil: " and
-// contains every hint.
-func wantErr(t testing.TB, what string, err, target error, hints ...string) {
-	t.Helper()
-	if !errors.Is(err, target) {
-		t.Errorf("%s = %v, want %v", what, err, target)
-		return
-	}
-	if !strings.HasPrefix(err.Error(), "nogil: ") {
-		t.Errorf("%s: message %q does not start with \"nogil: \"", what, err)
-	}
-	for _, h := range hints {
-		if !strings.Contains(err.Error(), h) {
-			t.Errorf("%s: message %q does not say %q", what, err, h)
-		}
-	}
 }
 
 // A bound is a goroutine with a ThreadState that runs the functions sent to it.
