@@ -130,14 +130,7 @@ func TestAllocbenchJSON(t *testing.T) {
 		}
 		want[fmt.Sprintf("%s/%s/2/64", benchXthread, a)] = 1
 	}
-	for k, n := range want {
-		if seen[k] != n {
-			t.Errorf("%s: %d records, want %d", k, seen[k], n)
-		}
-	}
-	if len(seen) != len(want) {
-		t.Errorf("records for %v, want only %v", seen, want)
-	}
+	wantRecordCounts(t, seen, want)
 }
 
 // TestAllocbenchText checks the table output, including the notes of a build without some

@@ -95,14 +95,7 @@ func TestQsbrbenchJSON(t *testing.T) {
 		}
 		want["grace-period/liburcu"] = 2
 	}
-	for k, n := range want {
-		if seen[k] != n {
-			t.Errorf("%s: %d records, want %d", k, seen[k], n)
-		}
-	}
-	if len(seen) != len(want) {
-		t.Errorf("records for %v, want only %v", seen, want)
-	}
+	wantRecordCounts(t, seen, want)
 }
 
 // TestQsbrbenchText checks the table output, including the note of a build without liburcu.
@@ -125,5 +118,19 @@ func TestQsbrbenchText(t *testing.T) {
 	}
 	if urcu != nil && !strings.Contains(out, "vs liburcu") {
 		t.Errorf("no comparison column:\n%s", out)
+	}
+}
+
+// wantRecordCounts fails unless the JSON records seen (by key) are exactly the wanted ones,
+// each as many times as wanted.
+func wantRecordCounts(t *testing.T, seen, want map[string]int) {
+	t.Helper()
+	for k, n := range want {
+		if seen[k] != n {
+			t.Errorf("%s: %d records, want %d", k, seen[k], n)
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("records for %v, want only %v", seen, want)
 	}
 }
