@@ -7,14 +7,6 @@
 #include "harness.h"
 #include "tstate_helpers.h"
 
-/* Thread sanitizer runs these loops much slower; its runs use smaller sizes. */
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
-
-
 /* ==== Workers ============================================================================ */
 
 /* A thread with a state that loops: attached workers checkpoint and count; detached ones just
@@ -26,15 +18,14 @@ struct worker {
     ng_tstate *ts;
     uint64_t iterations;
     int result;
+    pthread_t thread;
 };
 
 static void *worker_main(void *p)
 {
     struct worker *w = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(w->in, &ts);
-    if (err == NG_OK && w->attached)
-        err = ng_tstate_attach(ts);
+    int err = w->attached ? create_attached(w->in, &ts) : ng_tstate_new(w->in, &ts);
     ng_atomic_store(&w->ts, ts, NG_SEQ_CST);
     while (err == NG_OK && !ng_atomic_load(&w->stop, NG_SEQ_CST)) {
         if (w->attached) {
@@ -45,12 +36,7 @@ static void *worker_main(void *p)
             sleep_us(200);
         }
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    w->result = err;
+    w->result = release_keeping_error(ts, err);
     return NULL;
 }
 
@@ -94,13 +80,11 @@ static void check_stop_freezes_everyone(ng_interp *in, ng_tstate *requester,
 
 TEST(stw_suspends_attached_and_detached_threads)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     struct worker w[STW_WORKERS];
-    pthread_t t[STW_WORKERS];
     for (int i = 0; i < STW_WORKERS; i++) {
         w[i] = (struct worker){.in = in, .attached = i < STW_ATTACHED};
-        t[i] = spawn_thread(worker_main, &w[i]);
+        w[i].thread = spawn_thread(worker_main, &w[i]);
     }
     CHECK(WAIT_UNTIL(all_published(w, STW_WORKERS), PATIENCE_MS));
     for (int i = 0; i < STW_ATTACHED; i++)
@@ -111,9 +95,8 @@ TEST(stw_suspends_attached_and_detached_threads)
     for (int round = 0; round < 3; round++)
         check_stop_freezes_everyone(in, NULL, w);
     /* Requester with an attached state: it keeps running. */
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     check_stop_freezes_everyone(in, me, w);
     CHECK_STATUS(ng_tstate_checkpoint(me), NG_OK);
     /* Requester with a detached state. */
@@ -121,14 +104,8 @@ TEST(stw_suspends_attached_and_detached_threads)
     check_stop_freezes_everyone(in, me, w);
     CHECK_EQ(stats_of(in).stops, stops + 5);
 
-    for (int i = 0; i < STW_WORKERS; i++)
-        ng_atomic_store(&w[i].stop, 1, NG_SEQ_CST);
-    for (int i = 0; i < STW_WORKERS; i++) {
-        join_thread(t[i]);
-        CHECK_STATUS(w[i].result, NG_OK);
-    }
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    STOP_AND_JOIN(w, STW_WORKERS);
+    end_scene(in, me);
 }
 
 /* Threads that attach, or create a state, while the world is stopped wait for the restart. */
@@ -155,23 +132,17 @@ static void *attach_late(void *p)
     if (err == NG_OK)
         err = ng_tstate_attach(ts);
     ng_atomic_store(&l->attached, 1, NG_SEQ_CST);
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    l->result = err;
+    l->result = release_keeping_error(ts, err);
     return NULL;
 }
 
 TEST(stw_attach_while_stopped_waits_for_the_restart)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     /* One state exists before the stop, one is created while the world is stopped. */
     struct late_attacher before = {.in = in, .create_first = true};
     pthread_t tb = spawn_thread(attach_late, &before);
-    CHECK(WAIT_UNTIL(ng_atomic_load(&before.ts, NG_SEQ_CST) != NULL, PATIENCE_MS));
+    CHECK(wait_published(&before.ts));
     REQUIRE(before.ts != NULL);
     CHECK_EQ(before.state_at_creation, NG_TSTATE_DETACHED);
 
@@ -207,26 +178,20 @@ struct slow_worker {
     ng_tstate *ts;
     int stop;
     int result;
+    pthread_t thread;
 };
 
 static void *slow_checkpoints(void *p)
 {
     struct slow_worker *s = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(s->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(s->in, &ts);
     ng_atomic_store(&s->ts, ts, NG_SEQ_CST);
     while (err == NG_OK && !ng_atomic_load(&s->stop, NG_SEQ_CST)) {
         sleep_ms(3); /* attached and busy: no checkpoint for a while */
         err = ng_tstate_checkpoint(ts);
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    s->result = err;
+    s->result = release_keeping_error(ts, err);
     return NULL;
 }
 
@@ -250,16 +215,14 @@ static void *observe_state(void *p)
 
 TEST(stw_r8_requester_stays_attached_while_waiting)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     struct slow_worker s = {.in = in};
-    pthread_t ts = spawn_thread(slow_checkpoints, &s);
+    s.thread = spawn_thread(slow_checkpoints, &s);
     CHECK(WAIT_UNTIL(ng_atomic_load(&s.ts, NG_SEQ_CST) != NULL &&
                          state_of(s.ts) == NG_TSTATE_ATTACHED,
                      PATIENCE_MS));
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     struct observer o = {.watched = me};
     pthread_t to = spawn_thread(observe_state, &o);
     CHECK(WAIT_UNTIL(ng_atomic_load(&o.samples, NG_SEQ_CST) > 0, PATIENCE_MS));
@@ -280,11 +243,8 @@ TEST(stw_r8_requester_stays_attached_while_waiting)
     join_thread(to);
     CHECK_GT(o.samples, samples_before); /* it watched while the stops waited */
     CHECK_EQ(o.not_attached, 0);
-    ng_atomic_store(&s.stop, 1, NG_SEQ_CST);
-    join_thread(ts);
-    CHECK_STATUS(s.result, NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    STOP_AND_JOIN(&s, 1);
+    end_scene(in, me);
 }
 
 /* R9: threads hand a mutex over to each other (every unlock a hand-off) while a requester runs
@@ -298,15 +258,14 @@ struct contender {
     int stop;
     uint64_t rounds;
     int result;
+    pthread_t thread;
 };
 
 static void *contend(void *p)
 {
     struct contender *c = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(c->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(c->in, &ts);
     while (err == NG_OK && !ng_atomic_load(&c->stop, NG_SEQ_CST)) {
         err = ng_mutex_lock(c->m);
         if (err != NG_OK)
@@ -317,26 +276,19 @@ static void *contend(void *p)
         err = ng_tstate_checkpoint(ts);
         ng_atomic_fetch_add(&c->rounds, 1, NG_SEQ_CST);
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    c->result = err;
+    c->result = release_keeping_error(ts, err);
     return NULL;
 }
 
 TEST(stw_r9_no_hang_with_mutex_handoffs)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_mutex m = NG_MUTEX_INIT;
     int64_t old_handoff = ng_mutex_set_handoff_ns(0);
     struct contender c[R9_THREADS];
-    pthread_t t[R9_THREADS];
     for (int i = 0; i < R9_THREADS; i++) {
         c[i] = (struct contender){.in = in, .m = &m};
-        t[i] = spawn_thread(contend, &c[i]);
+        c[i].thread = spawn_thread(contend, &c[i]);
     }
     long cycles = scaled(SANITIZED ? 300 : 1000);
     uint64_t rounds_before = 0;
@@ -349,14 +301,10 @@ TEST(stw_r9_no_hang_with_mutex_handoffs)
         REQUIRE(CHECK_STATUS(ng_start_the_world(in), NG_OK));
         sleep_us(20); /* let the contenders run and hand the mutex over */
     }
+    STOP_AND_JOIN(c, R9_THREADS);
     uint64_t rounds_after = 0;
     for (int i = 0; i < R9_THREADS; i++)
-        ng_atomic_store(&c[i].stop, 1, NG_SEQ_CST);
-    for (int i = 0; i < R9_THREADS; i++) {
-        join_thread(t[i]);
-        CHECK_STATUS(c[i].result, NG_OK);
         rounds_after += c[i].rounds;
-    }
     CHECK_GT(rounds_after, rounds_before);
     ng_mutex_set_handoff_ns(old_handoff);
     CHECK_EQ(stats_of(in).stops, (uint64_t)cycles);
@@ -373,6 +321,7 @@ struct creator {
     int *ready;        /* shared: threads holding their first state */
     uint64_t *pauses;  /* the pauser's count: creation goes on until 20 pauses overlapped */
     int result;
+    pthread_t thread;
 };
 
 static void *create_destroy_loop(void *p)
@@ -389,23 +338,12 @@ static void *create_destroy_loop(void *p)
                                       ng_atomic_load(c->pauses, NG_SEQ_CST) < first_pause + 20);
          i++) {
         ng_tstate *ts = NULL;
-        err = ng_tstate_new(c->in, &ts);
-        if (err == NG_OK)
-            err = ng_tstate_attach(ts);
+        err = create_attached(c->in, &ts);
         if (err == NG_OK)
             err = ng_tstate_checkpoint(ts);
-        if (ts != NULL) {
-            int rel = ng_tstate_release(ts);
-            if (err == NG_OK)
-                err = rel;
-        }
+        err = release_keeping_error(ts, err);
     }
-    if (held != NULL) {
-        int rel = ng_tstate_release(held);
-        if (err == NG_OK)
-            err = rel;
-    }
-    c->result = err;
+    c->result = release_keeping_error(held, err);
     return NULL;
 }
 
@@ -414,6 +352,7 @@ struct pauser {
     int stop;
     uint64_t pauses;
     int result;
+    pthread_t thread;
 };
 
 static void *pause_repeatedly(void *p)
@@ -433,13 +372,11 @@ static void *pause_repeatedly(void *p)
 
 TEST(stw_r16_creation_and_pauses_do_not_deadlock)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     CHECK_EQ(stats_of(in).qsbr.capacity, 0);
     struct pauser s = {.in = in};
-    pthread_t ts = spawn_thread(pause_repeatedly, &s);
+    s.thread = spawn_thread(pause_repeatedly, &s);
     struct creator c[R16_THREADS];
-    pthread_t t[R16_THREADS];
     int ready = 0;
     for (int i = 0; i < R16_THREADS; i++) {
         c[i] = (struct creator){
@@ -448,15 +385,10 @@ TEST(stw_r16_creation_and_pauses_do_not_deadlock)
             .ready = &ready,
             .pauses = &s.pauses,
         };
-        t[i] = spawn_thread(create_destroy_loop, &c[i]);
+        c[i].thread = spawn_thread(create_destroy_loop, &c[i]);
     }
-    for (int i = 0; i < R16_THREADS; i++) {
-        join_thread(t[i]);
-        CHECK_STATUS(c[i].result, NG_OK);
-    }
-    ng_atomic_store(&s.stop, 1, NG_SEQ_CST);
-    join_thread(ts);
-    CHECK_STATUS(s.result, NG_OK);
+    JOIN_ALL(c, R16_THREADS);
+    STOP_AND_JOIN(&s, 1);
     CHECK_GE(s.pauses, 20);
     ng_interp_stats st = stats_of(in);
     CHECK_GT(st.qsbr.capacity, NG_QSBR_FIRST_SEGMENT); /* it grew */
@@ -471,23 +403,20 @@ TEST(stw_r16_creation_and_pauses_do_not_deadlock)
 
 struct gil_worker {
     ng_interp *in;
-    ng_tstate *ts;
     int *in_section; /* shared: 1 while some worker is inside */
     int stop;
     uint64_t iterations;
     uint64_t overlaps;
     uint64_t not_holding;
     int result;
+    pthread_t thread;
 };
 
 static void *gil_worker_main(void *p)
 {
     struct gil_worker *w = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(w->in, &ts);
-    ng_atomic_store(&w->ts, ts, NG_SEQ_CST);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(w->in, &ts);
     while (err == NG_OK && !ng_atomic_load(&w->stop, NG_SEQ_CST)) {
         if (ng_atomic_exchange(w->in_section, 1, NG_SEQ_CST) != 0)
             w->overlaps++;
@@ -499,12 +428,7 @@ static void *gil_worker_main(void *p)
         ng_atomic_fetch_add(&w->iterations, 1, NG_SEQ_CST);
         err = ng_tstate_checkpoint(ts);
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    w->result = err;
+    w->result = release_keeping_error(ts, err);
     return NULL;
 }
 
@@ -518,11 +442,7 @@ static bool all_progressed(struct gil_worker *w, uint64_t *since)
 
 TEST(gil_serialises_attached_threads_and_hands_over)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     CHECK(!ng_gil_enabled(in));
     CHECK_STATUS(ng_gil_enable(me), NG_OK);
     CHECK(ng_gil_enabled(in));
@@ -536,10 +456,9 @@ TEST(gil_serialises_attached_threads_and_hands_over)
 
     int in_section = 0;
     struct gil_worker w[GIL_WORKERS];
-    pthread_t t[GIL_WORKERS];
     for (int i = 0; i < GIL_WORKERS; i++) {
         w[i] = (struct gil_worker){.in = in, .in_section = &in_section};
-        t[i] = spawn_thread(gil_worker_main, &w[i]);
+        w[i].thread = spawn_thread(gil_worker_main, &w[i]);
     }
     /* We hold the GIL: nobody gets in. */
     sleep_ms(20);
@@ -574,15 +493,10 @@ TEST(gil_serialises_attached_threads_and_hands_over)
     CHECK(WAIT_UNTIL(all_progressed(w, since), PATIENCE_MS));
     CHECK_STATUS(ng_tstate_checkpoint(me), NG_OK);
 
+    STOP_AND_JOIN(w, GIL_WORKERS);
     for (int i = 0; i < GIL_WORKERS; i++)
-        ng_atomic_store(&w[i].stop, 1, NG_SEQ_CST);
-    for (int i = 0; i < GIL_WORKERS; i++) {
-        join_thread(t[i]);
-        CHECK_STATUS(w[i].result, NG_OK);
         CHECK_EQ(w[i].not_holding, 0);
-    }
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
 
 /* Without the GIL, two attached threads can be inside at the same time: each waits inside
@@ -604,9 +518,7 @@ static void *meet(void *p)
     struct meeting_arg *a = p;
     struct meeting *m = a->m;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(m->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(m->in, &ts);
     if (err == NG_OK) {
         ng_atomic_fetch_add(&m->inside, 1, NG_SEQ_CST);
         int64_t deadline = now_ns() + (int64_t)PATIENCE_MS * 1000000;
@@ -616,23 +528,14 @@ static void *meet(void *p)
         }
         m->met[a->index] = ng_atomic_load(&m->inside, NG_SEQ_CST) == 2;
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    m->result[a->index] = err;
+    m->result[a->index] = release_keeping_error(ts, err);
     return NULL;
 }
 
 TEST(gil_off_lets_attached_threads_run_together)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
     /* On and off again first, so the check is about "after disable". */
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     CHECK_STATUS(ng_gil_enable(me), NG_OK);
     CHECK_STATUS(ng_gil_disable(me), NG_OK);
     CHECK_STATUS(ng_tstate_release(me), NG_OK);
@@ -651,11 +554,7 @@ TEST(gil_off_lets_attached_threads_run_together)
 
 TEST(gil_permanent_cannot_be_disabled)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     CHECK_STATUS(ng_gil_enable(me), NG_OK);
     CHECK_STATUS(ng_gil_enable_permanent(me), NG_OK);
     CHECK_EQ(in->gil.enabled, INT32_MAX);
@@ -708,22 +607,13 @@ static void *attach_through_window(void *p)
     if (err == NG_OK)
         a->holds_gil_when_attached = ts->holds_gil;
     ng_atomic_store(&a->attached, 1, NG_SEQ_CST);
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    a->result = err;
+    a->result = release_keeping_error(ts, err);
     return NULL;
 }
 
 TEST(gil_enabled_during_an_attach_is_taken_by_it)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     ng_atomic_store(&window_reached, 0, NG_SEQ_CST);
     ng_atomic_store(&window_release, 0, NG_SEQ_CST);
     ng_test_attach_window_hook = hold_in_attach_window;
@@ -746,8 +636,7 @@ TEST(gil_enabled_during_an_attach_is_taken_by_it)
     CHECK_EQ(a.holds_gil_when_attached, 1);
     CHECK_STATUS(ng_tstate_attach(me), NG_OK);
     CHECK_STATUS(ng_gil_disable(me), NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
 
 /* R1: with the GIL on, B releases its (attached) state while A holds the QSBR mutex and then
@@ -763,9 +652,7 @@ struct r1_releaser {
 static void *r1_release_attached(void *p)
 {
     struct r1_releaser *b = p;
-    int err = ng_tstate_new(b->in, &b->ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(b->ts);
+    int err = create_attached(b->in, &b->ts);
     ng_atomic_store(&b->go, 1, NG_SEQ_CST);
     while (err == NG_OK && ng_atomic_load(&b->go, NG_SEQ_CST) != 2)
         sched_yield(); /* attached, holding the GIL */
@@ -778,11 +665,7 @@ static void *r1_release_attached(void *p)
 
 TEST(gil_r1_release_drops_the_gil_before_leaving_qsbr)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *a = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &a), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(a), NG_OK);
+    TSTATE_SCENE(in, a);
     CHECK_STATUS(ng_gil_enable(a), NG_OK);
     CHECK_STATUS(ng_tstate_detach(a), NG_OK);
 
@@ -804,8 +687,7 @@ TEST(gil_r1_release_drops_the_gil_before_leaving_qsbr)
     join_thread(t);
     CHECK_STATUS(b.result, NG_OK);
     CHECK_STATUS(ng_gil_disable(a), NG_OK);
-    CHECK_STATUS(ng_tstate_release(a), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, a);
 }
 
 /* R1 stress: with the GIL on, 20 threads keep starting short-lived threads that attach (take
@@ -821,9 +703,7 @@ static void *short_lived_main(void *p)
 {
     struct short_lived *s = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(s->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(s->in, &ts);
     if (err == NG_OK && !ng_atomic_load(&ts->holds_gil, NG_RELAXED))
         err = NG_ESTATE;
     if (err == NG_OK)
@@ -853,11 +733,7 @@ static void *start_short_lived(void *p)
 
 TEST(gil_r1_stress_thread_churn_with_the_gil_on)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     CHECK_STATUS(ng_gil_enable(me), NG_OK);
     CHECK_STATUS(ng_tstate_detach(me), NG_OK);
 
@@ -878,8 +754,7 @@ TEST(gil_r1_stress_thread_churn_with_the_gil_on)
     CHECK_EQ(st.qsbr.registered, 1);
     CHECK_EQ(st.delayed_items, 0);
     CHECK_STATUS(ng_gil_disable(me), NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
 
 /* R4: the words other threads write are separate from holds_gil. */
@@ -912,9 +787,7 @@ struct r4_toggler {
 static void *r4_toggle(void *p)
 {
     struct r4_toggler *a = p;
-    int err = ng_tstate_new(a->in, &a->ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(a->ts);
+    int err = create_attached(a->in, &a->ts);
     if (err == NG_OK)
         err = ng_gil_enable(a->ts);
     ng_atomic_store(&a->ready, 1, NG_SEQ_CST);
@@ -930,20 +803,14 @@ static void *r4_toggle(void *p)
     }
     if (err == NG_OK)
         err = ng_gil_disable(a->ts);
-    if (a->ts != NULL) {
-        int rel = ng_tstate_release(a->ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    a->result = err;
+    a->result = release_keeping_error(a->ts, err);
     ng_atomic_store(&a->done, 1, NG_SEQ_CST);
     return NULL;
 }
 
 TEST(gil_r4_pending_bits_and_holds_gil_do_not_race)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     struct r4_toggler a = {.in = in, .rounds = scaled(SANITIZED ? 20000 : 200000)};
     pthread_t t = spawn_thread(r4_toggle, &a);
     CHECK(WAIT_UNTIL(ng_atomic_load(&a.ready, NG_SEQ_CST), PATIENCE_MS));

@@ -1,9 +1,37 @@
-/* Helpers shared by the thread-state tests (test_tstate*.c, test_stw_gil.c). */
+/* Helpers shared by the thread-state tests (test_tstate*.c, test_stw_gil.c,
+ * test_delayed_free.c).
+ *
+ * A test body starts from a scene (TSTATE_SCENE: an interpreter and the calling thread's
+ * attached state) and ends it with end_scene. The threads a test starts follow one shape: a
+ * struct per thread with its `pthread_t thread`, an `int stop` flag it polls and the `int
+ * result` it leaves behind; such threads begin with create_attached and end with
+ * release_keeping_error, and the test ends them with STOP_AND_JOIN or JOIN_ALL. */
 #ifndef NG_TEST_TSTATE_HELPERS_H
 #define NG_TEST_TSTATE_HELPERS_H
 
 #include "harness.h"
 #include "tstate_internal.h"
+
+/* Thread sanitizer runs the stress loops 5-10 times slower; its runs use smaller sizes. */
+#if defined(__SANITIZE_THREAD__)
+#define THREAD_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define THREAD_SANITIZER 1
+#endif
+#endif
+#ifndef THREAD_SANITIZER
+#define THREAD_SANITIZER 0
+#endif
+
+/* Either sanitizer (ASan keeps shadow memory for every block, TSan is slow). */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#else
+#define SANITIZED 0
+#endif
+
+/* ---- The test body's scene ----------------------------------------------------------------- */
 
 /* An interpreter, or NULL with the failure recorded. */
 static inline ng_interp *new_interp(void)
@@ -14,6 +42,87 @@ static inline ng_interp *new_interp(void)
     return in;
 }
 
+/* A state for the calling thread, attached; NULL (failure recorded) otherwise. */
+static inline ng_tstate *attached_state(ng_interp *in)
+{
+    ng_tstate *ts = NULL;
+    if (!CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK))
+        return NULL;
+    if (!CHECK_STATUS(ng_tstate_attach(ts), NG_OK)) {
+        ng_tstate_release(ts);
+        return NULL;
+    }
+    return ts;
+}
+
+/* Declares an interpreter under the given name; the test returns (failure recorded) when
+ * there is none. A macro because only the test body itself can return from the test. */
+#define INTERP_SCENE(in)                                                                \
+    ng_interp *in = new_interp();                                                       \
+    REQUIRE(in != NULL)
+
+/* An interpreter and the calling thread's attached state in it, declared under the given
+ * names (see INTERP_SCENE). */
+#define TSTATE_SCENE(in, ts)                                                            \
+    INTERP_SCENE(in);                                                                   \
+    ng_tstate *ts = attached_state(in);                                                 \
+    REQUIRE(ts != NULL)
+
+/* The end of a scene: the state released, then the interpreter deleted. */
+static inline void end_scene(ng_interp *in, ng_tstate *ts)
+{
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+}
+
+/* ---- A test thread's own state ------------------------------------------------------------- */
+
+/* A test thread's first steps: a state of its own, attached. The status of the first step that
+ * failed; *ts is set as soon as the state exists, so the thread releases it whatever happened
+ * (release_keeping_error). */
+static inline int create_attached(ng_interp *in, ng_tstate **ts)
+{
+    int err = ng_tstate_new(in, ts);
+    if (err == NG_OK)
+        err = ng_tstate_attach(*ts);
+    return err;
+}
+
+/* A test thread's last step: releases its state, if it got one. The thread's first error:
+ * `err`, or else the release's status. */
+static inline int release_keeping_error(ng_tstate *ts, int err)
+{
+    if (ts != NULL) {
+        int rel = ng_tstate_release(ts);
+        if (err == NG_OK)
+            err = rel;
+    }
+    return err;
+}
+
+/* ---- Ending a test's threads ----------------------------------------------------------------
+ * Macros because they serve every kind of thread struct (any with the fields named above); the
+ * checks report the test's own line. */
+
+/* Joins each of the n threads of the array w and checks that it ended with NG_OK. */
+#define JOIN_ALL(w, n)                                                                  \
+    do {                                                                                \
+        for (int join_i_ = 0; join_i_ < (n); join_i_++) {                               \
+            join_thread((w)[join_i_].thread);                                           \
+            CHECK_STATUS((w)[join_i_].result, NG_OK);                                   \
+        }                                                                               \
+    } while (0)
+
+/* Tells all n threads of the array w to stop, then joins them (JOIN_ALL). */
+#define STOP_AND_JOIN(w, n)                                                             \
+    do {                                                                                \
+        for (int stop_i_ = 0; stop_i_ < (n); stop_i_++)                                 \
+            ng_atomic_store(&(w)[stop_i_].stop, 1, NG_SEQ_CST);                         \
+        JOIN_ALL(w, n);                                                                 \
+    } while (0)
+
+/* ---- Observations ---------------------------------------------------------------------------- */
+
 /* Another thread's attachment state (seq-cst: tests compare it with other observations). */
 static inline uint32_t state_of(ng_tstate *ts) { return ng_atomic_load(&ts->state, NG_SEQ_CST); }
 
@@ -22,6 +131,13 @@ static inline ng_interp_stats stats_of(ng_interp *in)
     ng_interp_stats st;
     ng_interp_get_stats(in, &st);
     return st;
+}
+
+/* Waits (PATIENCE_MS at most) until the thread published its state; the value is whether it
+ * did. */
+static inline bool wait_published(ng_tstate **slot)
+{
+    return WAIT_UNTIL(ng_atomic_load(slot, NG_SEQ_CST) != NULL, PATIENCE_MS);
 }
 
 #endif /* NG_TEST_TSTATE_HELPERS_H */
