@@ -7,38 +7,8 @@
  * group of checks, and an alarm() turns a hang into a signal death the parent reports.
  */
 #define _GNU_SOURCE
+#include "fork_helpers.h"
 #include "harness.h"
-
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-/* Child checks time out themselves well before the parent gives up on them. */
-#define CHILD_ALARM_S 20
-#define CHILD_PATIENCE_MS 60000
-
-/* Decodes a child's exit status into a failure message naming the failed check groups. */
-static void check_child_status(int status, const char *const bit_names[], int nbits,
-                               const char *what)
-{
-    if (status == -1) {
-        harness_fail(__FILE__, __LINE__, "%s: child hung and was killed", what);
-        return;
-    }
-    if (WIFSIGNALED(status)) {
-        harness_fail(__FILE__, __LINE__, "%s: child died of signal %d%s", what,
-                     WTERMSIG(status), WTERMSIG(status) == SIGALRM ? " (it hung)" : "");
-        return;
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) == 0)
-        return;
-    int code = WEXITSTATUS(status);
-    for (int bit = 0; bit < nbits; bit++)
-        if (code & (1 << bit))
-            harness_fail(__FILE__, __LINE__, "%s: child check failed: %s", what, bit_names[bit]);
-    if (code >> nbits)
-        harness_fail(__FILE__, __LINE__, "%s: child exited with %d", what, code);
-}
 
 /* ---- A child of a process with parked threads and held locks ------------------------------- */
 
@@ -108,10 +78,12 @@ static const char *const scene_check_names[] = {
     "event with dead waiters: reinit / timed wait / notify failed",
     "once flag left running by a dead thread: after-fork reset / call failed",
     "the forking thread's id changed in the child",
+    NULL,
 };
 
-static int fork_scene_child(struct fork_scene *s)
+static int fork_scene_child(void *arg)
 {
+    struct fork_scene *s = arg;
     int failed = 0;
     uint32_t zero = 0;
 
@@ -182,16 +154,9 @@ TEST(fork_child_forgets_dead_waiters_and_reinits_locks)
     CHECK(settled);
 
     if (settled) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            alarm(CHILD_ALARM_S);
-            _exit(fork_scene_child(&s));
-        }
-        CHECK_GT(pid, 0);
-        if (pid > 0)
-            check_child_status(wait_child(pid, CHILD_PATIENCE_MS), scene_check_names,
-                               (int)(sizeof scene_check_names / sizeof scene_check_names[0]),
-                               "fork with parked threads");
+        pid_t pid = fork_checks(fork_scene_child, &s);
+        if (CHECK_GT(pid, 0))
+            check_child(pid, scene_check_names, "fork with parked threads");
 
         /* The parent's lot was not touched by the child's reset. */
         CHECK_EQ(ng_parking_lot_waiters(&s.parked_word), 1);
@@ -263,10 +228,12 @@ static const char *const hammer_check_names[] = {
     "a timed park on the busy address did not return NG_TIMEOUT",
     "a timed park on a quiet address did not return NG_TIMEOUT",
     "an unpark in the child found a (dead) waiter",
+    NULL,
 };
 
-static int hammer_child(struct fork_hammer *h)
+static int hammer_child(void *arg)
 {
+    struct fork_hammer *h = arg;
     int failed = 0;
     uint32_t zero = 0;
     if (ng_parking_lot_waiters(&h->busy_word) != 0)
@@ -291,17 +258,11 @@ TEST(fork_repeatedly_while_threads_park_and_unpark)
     long forks = scaled(50);
     int failed_children = 0;
     for (long i = 0; i < forks; i++) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            alarm(CHILD_ALARM_S);
-            _exit(hammer_child(&h));
-        }
+        pid_t pid = fork_checks(hammer_child, &h);
         if (!CHECK_GT(pid, 0))
             break;
         int before = harness_failures();
-        check_child_status(wait_child(pid, CHILD_PATIENCE_MS), hammer_check_names,
-                           (int)(sizeof hammer_check_names / sizeof hammer_check_names[0]),
-                           "fork during park/unpark");
+        check_child(pid, hammer_check_names, "fork during park/unpark");
         if (harness_failures() > before && ++failed_children == 3)
             break; /* enough evidence; keep the report short */
     }

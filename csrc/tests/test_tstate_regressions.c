@@ -4,12 +4,10 @@
  * checks, and an alarm() turns a hang into a signal death the parent reports. */
 #define _GNU_SOURCE
 
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "fork_helpers.h"
 #include "harness.h"
 #include "qsbr_internal.h"
 #include "tstate_helpers.h"
@@ -41,6 +39,7 @@ struct r3_thread {
     int release;     /* status of the final release */
     int errors;      /* any other unexpected status */
     int touched_after_cancel;
+    pthread_t thread;
 };
 
 static void *r3_loop(void *p)
@@ -97,15 +96,13 @@ static void wait_for_a_parked_thread(ng_interp *in)
 
 TEST(tstate_r3_interpreter_deletion_cancels_blocked_threads)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     struct r3_thread t[R3_THREADS];
-    pthread_t th[R3_THREADS];
     uint64_t frees = ng_atomic_load(&ng_test_tstate_frees, NG_RELAXED);
     uint64_t interp_frees = ng_atomic_load(&ng_test_interp_frees, NG_RELAXED);
     for (int i = 0; i < R3_THREADS; i++) {
         t[i] = (struct r3_thread){.in = in, .seed = (uint64_t)i * 7919 + 1};
-        th[i] = spawn_thread(r3_loop, &t[i]);
+        t[i].thread = spawn_thread(r3_loop, &t[i]);
     }
     for (int i = 0; i < R3_THREADS; i++)
         CHECK(WAIT_UNTIL(ng_atomic_load(&t[i].rounds, NG_SEQ_CST) > 2, PATIENCE_MS));
@@ -117,7 +114,7 @@ TEST(tstate_r3_interpreter_deletion_cancels_blocked_threads)
     ng_test_interp_delete_stopped_hook = NULL;
 
     for (int i = 0; i < R3_THREADS; i++) {
-        join_thread(th[i]);
+        join_thread(t[i].thread);
         CHECK_EQ(t[i].cancelled, 1);
         CHECK_EQ(t[i].errors, 0);
         CHECK_EQ(t[i].touched_after_cancel, 0);
@@ -153,13 +150,12 @@ static void *hold_state_until(void *p)
 
 TEST(tstate_state_may_outlive_its_interpreter)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     int go = 0;
     void *args[4] = {in, &go, NULL, NULL};
     uint64_t interp_frees = ng_atomic_load(&ng_test_interp_frees, NG_RELAXED);
     pthread_t t = spawn_thread(hold_state_until, args);
-    CHECK(WAIT_UNTIL(ng_atomic_load((ng_tstate **)&args[2], NG_SEQ_CST) != NULL, PATIENCE_MS));
+    CHECK(wait_published((ng_tstate **)&args[2]));
     ng_tstate *ts = args[2];
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
     /* Deleted (magic dead) but not quarantined: the state holds a reference. */
@@ -197,17 +193,10 @@ static void *r7_create(void *p)
 {
     struct r7_creator *c = p;
     ng_atomic_store(&r7_paused_thread, ng_thread_id(), NG_SEQ_CST);
-    int err = ng_tstate_new(c->in, &c->ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(c->ts);
+    int err = create_attached(c->in, &c->ts);
     if (err == NG_OK)
         err = ng_tstate_checkpoint(c->ts);
-    if (c->ts != NULL) {
-        int rel = ng_tstate_release(c->ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    c->result = err;
+    c->result = release_keeping_error(c->ts, err);
     return NULL;
 }
 
@@ -218,6 +207,7 @@ struct r7_holder {
     int go;
     int ready;
     int result;
+    pthread_t thread;
 };
 
 static void count_free(void *arg) { ng_atomic_fetch_add((int *)arg, 1, NG_SEQ_CST); }
@@ -226,34 +216,25 @@ static void *r7_hold_pending(void *p)
 {
     struct r7_holder *h = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(h->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(h->in, &ts);
     for (int i = 0; err == NG_OK && i < 5; i++)
         err = ng_call_delayed(ts, count_free, h->freed, 16);
     if (err == NG_OK)
         err = ng_tstate_detach(ts);
     ng_atomic_store(&h->ready, 1, NG_SEQ_CST);
     SPIN_UNTIL(ng_atomic_load(&h->go, NG_SEQ_CST));
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    h->result = err;
+    h->result = release_keeping_error(ts, err);
     return NULL;
 }
 
 TEST(tstate_r7_linked_unregistered_state_is_tolerated)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     int freed = 0;
     struct r7_holder h[3];
-    pthread_t th[3];
     for (int i = 0; i < 3; i++) {
         h[i] = (struct r7_holder){.in = in, .freed = &freed};
-        th[i] = spawn_thread(r7_hold_pending, &h[i]);
+        h[i].thread = spawn_thread(r7_hold_pending, &h[i]);
         CHECK(WAIT_UNTIL(ng_atomic_load(&h[i].ready, NG_SEQ_CST), PATIENCE_MS));
     }
 
@@ -276,9 +257,8 @@ TEST(tstate_r7_linked_unregistered_state_is_tolerated)
     CHECK_STATUS(ng_stop_the_world(in, NULL), NG_OK);
     CHECK_EQ(state_of(linked), NG_TSTATE_SUSPENDED);
     CHECK_STATUS(ng_start_the_world(in), NG_OK);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     CHECK_STATUS(ng_qsbr_barrier(me), NG_OK);
     CHECK_EQ(ng_atomic_load(&freed, NG_SEQ_CST), 15); /* all eligible items ran */
     st = stats_of(in);
@@ -291,7 +271,7 @@ TEST(tstate_r7_linked_unregistered_state_is_tolerated)
     CHECK_STATUS(c.result, NG_OK);
     for (int i = 0; i < 3; i++) {
         ng_atomic_store(&h[i].go, 1, NG_SEQ_CST);
-        join_thread(th[i]);
+        join_thread(h[i].thread);
         CHECK_STATUS(h[i].result, NG_OK);
     }
     CHECK_EQ(stats_of(in).threads, 0);
@@ -302,8 +282,7 @@ TEST(tstate_r7_linked_unregistered_state_is_tolerated)
 
 TEST(tstate_r18_failed_creation_leaks_no_slot)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_tstate *keep = NULL;
     REQUIRE(CHECK_STATUS(ng_tstate_new(in, &keep), NG_OK));
     ng_interp_stats before = stats_of(in);
@@ -345,7 +324,6 @@ TEST(tstate_r18_failed_creation_leaks_no_slot)
 
 /* ==== fork() ================================================================================ */
 
-#define CHILD_ALARM_S 20
 #define FORK_WORKERS 3
 
 struct fork_worker {
@@ -355,6 +333,7 @@ struct fork_worker {
     int ready;
     uint64_t rounds;
     int result;
+    pthread_t thread;
 };
 
 /* Worker 0 stays attached and checkpoints; worker 1 queues frees and stays detached; worker 2
@@ -363,9 +342,7 @@ static void *fork_worker_main(void *p)
 {
     struct fork_worker *w = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(w->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(w->in, &ts);
     for (int i = 0; err == NG_OK && w->index > 0 && i < 10; i++)
         err = ng_free_delayed(ts, malloc(100), 100);
     if (err == NG_OK && w->index == 1)
@@ -381,12 +358,7 @@ static void *fork_worker_main(void *p)
         }
         ng_atomic_fetch_add(&w->rounds, 1, NG_SEQ_CST);
     }
-    if (ts != NULL) {
-        int rel = ng_tstate_release(ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    w->result = err;
+    w->result = release_keeping_error(ts, err);
     return NULL;
 }
 
@@ -405,9 +377,21 @@ static void *child_thread_main(void *p)
     return (void *)(intptr_t)ok;
 }
 
-/* The child's checks; returns a bit set of failed groups. */
-static int fork_child_checks(ng_interp *in, ng_tstate *me)
+/* Runs fn(arg) on a new thread of a fork child (no test macros there); whether it returned
+ * (void *)1. */
+static bool child_thread_ok(void *(*fn)(void *), void *arg)
 {
+    pthread_t t;
+    void *ok = NULL;
+    return pthread_create(&t, NULL, fn, arg) == 0 && pthread_join(t, &ok) == 0 &&
+           ok == (void *)1;
+}
+
+/* The child's checks, given the forking thread's state; returns a bit set of failed groups. */
+static int fork_child_checks(void *arg)
+{
+    ng_tstate *me = arg;
+    ng_interp *in = me->interp;
     int failed = 0;
     ng_interp_stats st;
     ng_interp_get_stats(in, &st);
@@ -434,10 +418,7 @@ static int fork_child_checks(ng_interp *in, ng_tstate *me)
         ng_tstate_release(extra) != NG_OK)
         failed |= 8;
     if (THREADS_AFTER_FORK) {
-        pthread_t t;
-        void *ok = NULL;
-        if (pthread_create(&t, NULL, child_thread_main, in) != 0 ||
-            pthread_join(t, &ok) != 0 || ok != (void *)1)
+        if (!child_thread_ok(child_thread_main, in))
             failed |= 8;
         if (ng_qsbr_barrier(me) != NG_OK || ng_atomic_load(&child_freed, NG_SEQ_CST) != 1)
             failed |= 8;
@@ -454,51 +435,25 @@ static const char *const fork_check_names[] = {
     "stop-the-world and detach/attach work",
     "new states and threads work",
     "release and interpreter deletion work",
+    NULL,
 };
-
-static void report_child(int status, const char *what)
-{
-    if (status == -1) {
-        harness_fail(__FILE__, __LINE__, "%s: child hung and was killed", what);
-        return;
-    }
-    if (WIFSIGNALED(status)) {
-        harness_fail(__FILE__, __LINE__, "%s: child died of signal %d%s", what,
-                     WTERMSIG(status), WTERMSIG(status) == SIGALRM ? " (it hung)" : "");
-        return;
-    }
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 255;
-    for (int bit = 0; bit < 5; bit++)
-        if (code & (1 << bit))
-            harness_fail(__FILE__, __LINE__, "%s: child check failed: %s", what,
-                         fork_check_names[bit]);
-    if (code >> 5)
-        harness_fail(__FILE__, __LINE__, "%s: child exited with %d", what, code);
-}
 
 TEST(tstate_fork_child_keeps_only_the_forking_threads_state)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     struct fork_worker w[FORK_WORKERS];
-    pthread_t t[FORK_WORKERS];
     for (int i = 0; i < FORK_WORKERS; i++) {
         w[i] = (struct fork_worker){.in = in, .index = i};
-        t[i] = spawn_thread(fork_worker_main, &w[i]);
+        w[i].thread = spawn_thread(fork_worker_main, &w[i]);
         CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].ready, NG_SEQ_CST), PATIENCE_MS));
     }
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     CHECK_STATUS(ng_free_delayed(me, malloc(50), 50), NG_OK);
     ng_interp_stats before = stats_of(in);
     CHECK_EQ(before.threads, FORK_WORKERS + 1);
 
-    pid_t pid = fork();
-    if (pid == 0) {
-        alarm(CHILD_ALARM_S);
-        _exit(fork_child_checks(in, me));
-    }
+    pid_t pid = fork_checks(fork_child_checks, me);
     REQUIRE(pid > 0);
     /* The parent goes on: its world was restarted, every state is still there. */
     CHECK_EQ(stats_of(in).threads, FORK_WORKERS + 1);
@@ -508,17 +463,11 @@ TEST(tstate_fork_child_keeps_only_the_forking_threads_state)
         CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].rounds, NG_SEQ_CST) > r, PATIENCE_MS));
     }
     CHECK_STATUS(ng_tstate_checkpoint(me), NG_OK);
-    report_child(wait_child(pid, (CHILD_ALARM_S + 10) * 1000), "fork with live states");
+    check_child(pid, fork_check_names, "fork with live states");
 
-    for (int i = 0; i < FORK_WORKERS; i++)
-        ng_atomic_store(&w[i].stop, 1, NG_SEQ_CST);
-    for (int i = 0; i < FORK_WORKERS; i++) {
-        join_thread(t[i]);
-        CHECK_STATUS(w[i].result, NG_OK);
-    }
+    STOP_AND_JOIN(w, FORK_WORKERS);
     CHECK_STATUS(ng_qsbr_barrier(me), NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
 
 /* Fork with the GIL on, while another thread waits for it: the child's forking thread keeps
@@ -532,15 +481,9 @@ struct gil_waiter {
 static void *wait_for_gil(void *p)
 {
     struct gil_waiter *g = p;
-    int err = ng_tstate_new(g->in, &g->ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(g->ts); /* blocks until the parent's main thread detaches */
-    if (g->ts != NULL) {
-        int rel = ng_tstate_release(g->ts);
-        if (err == NG_OK)
-            err = rel;
-    }
-    g->result = err;
+    /* The attach blocks until the parent's main thread detaches. */
+    int err = create_attached(g->in, &g->ts);
+    g->result = release_keeping_error(g->ts, err);
     return NULL;
 }
 
@@ -553,8 +496,18 @@ static void *child_attach_with_gil(void *p)
     return (void *)(intptr_t)ok;
 }
 
-static int fork_gil_child_checks(ng_interp *in, ng_tstate *me)
+static const char *const fork_gil_check_names[] = {
+    "the forking thread's state keeps the GIL",
+    "its detach releases the GIL",
+    "another thread takes the GIL",
+    "teardown works",
+    NULL,
+};
+
+static int fork_gil_child_checks(void *arg)
 {
+    ng_tstate *me = arg;
+    ng_interp *in = me->interp;
     int failed = 0;
     ng_interp_stats st;
     ng_interp_get_stats(in, &st);
@@ -564,13 +517,8 @@ static int fork_gil_child_checks(ng_interp *in, ng_tstate *me)
     if (ng_tstate_checkpoint(me) != NG_OK || ng_tstate_detach(me) != NG_OK ||
         ng_mutex_is_locked(&in->gil.lock))
         failed |= 2;
-    if (THREADS_AFTER_FORK) {
-        pthread_t t;
-        void *ok = NULL;
-        if (pthread_create(&t, NULL, child_attach_with_gil, in) != 0 ||
-            pthread_join(t, &ok) != 0 || ok != (void *)1)
-            failed |= 4;
-    }
+    if (THREADS_AFTER_FORK && !child_thread_ok(child_attach_with_gil, in))
+        failed |= 4;
     if (ng_tstate_attach(me) != NG_OK || me->holds_gil != 1 || ng_gil_disable(me) != NG_OK ||
         ng_tstate_release(me) != NG_OK || ng_interp_delete(in) != NG_OK)
         failed |= 8;
@@ -579,32 +527,19 @@ static int fork_gil_child_checks(ng_interp *in, ng_tstate *me)
 
 TEST(tstate_fork_child_keeps_the_gil_of_the_forking_thread)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    TSTATE_SCENE(in, me);
     CHECK_STATUS(ng_gil_enable(me), NG_OK);
     struct gil_waiter g = {.in = in};
     pthread_t t = spawn_thread(wait_for_gil, &g);
     CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&in->gil.lock.bits) == 1, PATIENCE_MS));
 
-    pid_t pid = fork();
-    if (pid == 0) {
-        alarm(CHILD_ALARM_S);
-        _exit(fork_gil_child_checks(in, me));
-    }
+    pid_t pid = fork_checks(fork_gil_child_checks, me);
     REQUIRE(pid > 0);
-    int status = wait_child(pid, (CHILD_ALARM_S + 10) * 1000);
-    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        harness_fail(__FILE__, __LINE__, "GIL fork child failed: status %d (exit code bits: 1 "
-                     "state/GIL kept, 2 detach releases, 4 another thread takes it, 8 teardown)",
-                     status);
+    check_child(pid, fork_gil_check_names, "fork with the GIL on");
     CHECK_STATUS(ng_tstate_detach(me), NG_OK); /* lets the waiter in */
     join_thread(t);
     CHECK_STATUS(g.result, NG_OK);
     CHECK_STATUS(ng_tstate_attach(me), NG_OK);
     CHECK_STATUS(ng_gil_disable(me), NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
