@@ -8,47 +8,9 @@
 
 #include "harness.h"
 #include "delayed_free_internal.h"
+#include "tstate_helpers.h"
 
 /* ==== Helpers ============================================================================= */
-
-/* Thread sanitizer runs these loops 5-10 times slower; its runs use smaller sizes. */
-#if defined(__SANITIZE_THREAD__)
-#define SANITIZER_SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SANITIZER_SLOW 1
-#endif
-#endif
-#ifndef SANITIZER_SLOW
-#define SANITIZER_SLOW 0
-#endif
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
-
-static ng_interp *interp_new(void)
-{
-    ng_interp *in = NULL;
-    if (!CHECK_STATUS(ng_interp_new(&in), NG_OK))
-        return NULL;
-    return in;
-}
-
-/* A state for the calling thread, attached; NULL (failure recorded) otherwise. */
-static ng_tstate *state_attached(ng_interp *in)
-{
-    ng_tstate *ts = NULL;
-    if (!CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK))
-        return NULL;
-    if (!CHECK_STATUS(ng_tstate_attach(ts), NG_OK)) {
-        ng_tstate_release(ts);
-        return NULL;
-    }
-    return ts;
-}
 
 static uint64_t wr_seq(ng_interp *in) { return ng_atomic_load(&in->qsbr.wr_seq, NG_SEQ_CST); }
 static uint64_t queue_items(const ng_delayed_queue *q)
@@ -175,17 +137,25 @@ static void peer_stop(peer *p)
     join_thread(p->thread);
 }
 
+/* A scene (TSTATE_SCENE) with a peer started in the given mode, declared as `p`. */
+#define PEER_SCENE(in, ts, p, mode)                                                     \
+    TSTATE_SCENE(in, ts);                                                               \
+    peer p;                                                                             \
+    REQUIRE(peer_start(&p, in, mode))
+
+/* The end of a PEER_SCENE: the peer stopped, then end_scene. */
+static void end_peer_scene(ng_interp *in, ng_tstate *ts, peer *p)
+{
+    peer_stop(p);
+    end_scene(in, ts);
+}
+
 /* ==== Grace periods and order ============================================================= */
 
 /* Entries wait for a thread that does not report; its report releases them (spec D1). */
 TEST(delayed_entries_wait_for_a_quiescent_peer)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_HOLD));
+    PEER_SCENE(in, ts, p, PEER_HOLD);
 
     uint64_t runs = 0;
     void *block = malloc(64);
@@ -216,27 +186,18 @@ TEST(delayed_entries_wait_for_a_quiescent_peer)
     CHECK_EQ(queue_bytes(&ts->delayed), 0);
     CHECK(!delayed_pending(ts));
 
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 /* A detached thread never holds a goal back. */
 TEST(delayed_detached_peer_does_not_hold_back)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_DETACHED));
+    PEER_SCENE(in, ts, p, PEER_DETACHED);
     uint64_t runs = 0;
     CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 2 * 1024 * 1024), NG_OK);
     CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
     CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 1);
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 #define ORDER_ENTRIES 700
@@ -254,10 +215,7 @@ static void log_order(void *arg)
  * full-chunk safety valve. */
 TEST(delayed_calls_run_in_fifo_order)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     order_count = 0;
     for (uint32_t i = 0; i < ORDER_ENTRIES; i++) {
         CHECK_STATUS(ng_call_delayed(ts, log_order, (void *)(uintptr_t)i, 16), NG_OK);
@@ -273,8 +231,7 @@ TEST(delayed_calls_run_in_fifo_order)
     CHECK_EQ(queue_items(&ts->delayed), 0);
     /* One drained chunk stays cached for the next entry. */
     CHECK_EQ(queue_chunks(&ts->delayed), 1);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* A thread that retires steadily reuses its chunks: a drained chunk in front of others
@@ -283,10 +240,7 @@ TEST(delayed_calls_run_in_fifo_order)
  * leak check sees it otherwise). */
 TEST(delayed_drained_chunk_becomes_the_spare_and_is_reused)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     uint64_t runs = 0;
     /* Two chunks' worth minus one: the first chunk full (its safety valve finds nothing due:
      * no advance yet), the second partly used. */
@@ -316,8 +270,7 @@ TEST(delayed_drained_chunk_becomes_the_spare_and_is_reused)
     flush_own(ts);
     CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), (uint64_t)(3 * NG_DELAYED_CHUNK_ENTRIES));
     CHECK_EQ(queue_items(&ts->delayed), 0);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ---- Re-entrancy (spec 2.8) ---------------------------------------------------------- */
@@ -358,10 +311,7 @@ static void chain_link(void *arg)
 
 TEST(delayed_entries_may_queue_and_process_from_inside)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     the_chain = (chain){.ts = ts, .next = 1, .last = 600};
     CHECK_STATUS(ng_call_delayed(ts, chain_link, (void *)(uintptr_t)0, 32), NG_OK);
     for (int round = 0; round < 5000 && the_chain.ran < the_chain.last; round++)
@@ -372,8 +322,7 @@ TEST(delayed_entries_may_queue_and_process_from_inside)
     flush_own(ts);
     CHECK_EQ(queue_items(&ts->delayed), 0);
     CHECK_EQ(queue_bytes(&ts->delayed), 0);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Objects, statistics, stopped world ================================================== */
@@ -387,10 +336,7 @@ static void release_object(void *obj)
 
 TEST(delayed_objects_use_the_interpreter_release_function)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     objects_released = 0;
     CHECK_STATUS(ng_object_free_delayed(ts, malloc(40), 40), NG_OK); /* default: free */
     flush_own(ts);
@@ -400,18 +346,12 @@ TEST(delayed_objects_use_the_interpreter_release_function)
     CHECK_EQ(ng_atomic_load(&objects_released, NG_RELAXED), 0);
     flush_own(ts);
     CHECK_EQ(ng_atomic_load(&objects_released, NG_RELAXED), 3);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(delayed_queue_statistics)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_HOLD));
+    PEER_SCENE(in, ts, p, PEER_HOLD);
     int64_t before = ng_monotonic_ns();
     uint64_t runs = 0, first_goal = ng_qsbr_shared_next(&in->qsbr);
     CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 100), NG_OK);
@@ -430,21 +370,14 @@ TEST(delayed_queue_statistics)
     CHECK_EQ(queue_bytes(&ts->delayed), 0);
     CHECK_EQ(ng_atomic_load(&ts->delayed.oldest_goal, NG_RELAXED), 0);
     CHECK_EQ(ng_atomic_load(&ts->delayed.oldest_ns, NG_RELAXED), 0);
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 /* While the caller has stopped the world, a plain free runs at once (everybody else is
  * suspended); calls still queue, and nothing user-supplied runs until the restart. */
 TEST(delayed_free_while_the_world_is_stopped)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_CHECKPOINTS));
+    PEER_SCENE(in, ts, p, PEER_CHECKPOINTS);
     uint64_t runs = 0;
     REQUIRE(CHECK_STATUS(ng_stop_the_world(in, ts), NG_OK));
     CHECK_STATUS(ng_free_delayed(ts, malloc(100), 100), NG_OK); /* ASan: freed, not leaked */
@@ -460,9 +393,7 @@ TEST(delayed_free_while_the_world_is_stopped)
     CHECK_STATUS(ng_start_the_world(in), NG_OK);
     CHECK(WAIT_UNTIL((ng_tstate_checkpoint(ts), ng_atomic_load(&runs, NG_RELAXED) == 1),
                      PATIENCE_MS));
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 /* ==== Out of memory ======================================================================= */
@@ -480,7 +411,7 @@ static oom_reader oom;
 static void *oom_reader_main(void *arg)
 {
     ng_interp *in = arg;
-    ng_tstate *ts = state_attached(in);
+    ng_tstate *ts = attached_state(in);
     if (ts == NULL)
         return NULL;
     while (!ng_atomic_load(&oom.stop, NG_ACQUIRE)) {
@@ -516,10 +447,7 @@ static void oom_poison_and_free(void *arg)
  * period (a stop-the-world) and runs it, after the reader let go. */
 TEST(delayed_out_of_memory_runs_after_a_grace_period)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     memset(&oom, 0, sizeof oom);
     pthread_t reader = spawn_thread(oom_reader_main, in);
     ng_interp_stats stats;
@@ -556,8 +484,7 @@ TEST(delayed_out_of_memory_runs_after_a_grace_period)
     ng_atomic_store(&oom.stop, 1, NG_RELEASE);
     join_thread(reader);
     flush_own(ts);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Memory-aware processing (R5) ======================================================== */
@@ -567,10 +494,7 @@ TEST(delayed_out_of_memory_runs_after_a_grace_period)
  * past the item threshold. */
 TEST(delayed_large_block_is_processed_at_the_next_checkpoint)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     uint64_t mem_limit = in->qsbr.mem_limit, item_limit = in->qsbr.item_limit;
 
     uint64_t seq = wr_seq(in);
@@ -592,10 +516,9 @@ TEST(delayed_large_block_is_processed_at_the_next_checkpoint)
 
     /* item_limit small entries do not advance; the next one does. A fresh state starts with
      * zeroed counters. */
-    ng_tstate *fresh = NULL;
     CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &fresh), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(fresh), NG_OK);
+    ng_tstate *fresh = attached_state(in);
+    REQUIRE(fresh != NULL);
     seq = wr_seq(in);
     for (uint64_t i = 0; i < item_limit; i++)
         CHECK_STATUS(ng_free_delayed(fresh, malloc(8), 8), NG_OK);
@@ -607,8 +530,7 @@ TEST(delayed_large_block_is_processed_at_the_next_checkpoint)
     CHECK_EQ(queue_items(&fresh->delayed), 0);
     CHECK_STATUS(ng_tstate_release(fresh), NG_OK);
     CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* A thread that frees medium blocks and checkpoints after each never holds more than the
@@ -616,15 +538,10 @@ TEST(delayed_large_block_is_processed_at_the_next_checkpoint)
  * runs everything up to that advance. */
 TEST(delayed_held_memory_stays_under_the_thresholds)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_DETACHED));
+    PEER_SCENE(in, ts, p, PEER_DETACHED);
     uint64_t mem_limit = in->qsbr.mem_limit, item_limit = in->qsbr.item_limit;
     const size_t block = 64 * 1024;
-    long n = scaled(SANITIZER_SLOW ? 500 : 3000);
+    long n = scaled(THREAD_SANITIZER ? 500 : 3000);
     uint64_t peak = 0, peak_items = 0, seq = wr_seq(in);
     for (long i = 0; i < n; i++) {
         CHECK_STATUS(ng_free_delayed(ts, malloc(block), block), NG_OK);
@@ -640,9 +557,7 @@ TEST(delayed_held_memory_stays_under_the_thresholds)
     CHECK_GE(advances, (uint64_t)n * block / (mem_limit + block));
     if (item_limit * block > mem_limit)
         CHECK_LE(advances, (uint64_t)n * block / mem_limit + 1);
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 /* R5's scenario: big buffers pass from a producer to a consumer that retires the previous
@@ -691,7 +606,7 @@ static void r5_finish(r5_run *r, ng_tstate *ts, int side)
 static void *r5_producer(void *arg)
 {
     r5_run *r = arg;
-    ng_tstate *ts = state_attached(r->in);
+    ng_tstate *ts = attached_state(r->in);
     if (ts == NULL)
         return NULL;
     for (long i = 0; i < r->iterations; i++) {
@@ -714,7 +629,7 @@ static void *r5_producer(void *arg)
 static void *r5_consumer(void *arg)
 {
     r5_run *r = arg;
-    ng_tstate *ts = state_attached(r->in);
+    ng_tstate *ts = attached_state(r->in);
     if (ts == NULL)
         return NULL;
     char *held = NULL;
@@ -742,11 +657,11 @@ TEST(delayed_r5_producer_consumer_memory_stays_bounded)
 {
     r5_run r;
     memset(&r, 0, sizeof r);
-    r.in = interp_new();
+    r.in = new_interp();
     REQUIRE(r.in != NULL);
     /* Sanitizers keep shadow memory for every block: smaller blocks, same rule. */
     r.block = SANITIZED ? 2 * 1024 * 1024 : 16 * 1024 * 1024;
-    r.iterations = scaled(SANITIZER_SLOW ? 200 : 500);
+    r.iterations = scaled(THREAD_SANITIZER ? 200 : 500);
     pthread_t producer = spawn_thread(r5_producer, &r);
     pthread_t consumer = spawn_thread(r5_consumer, &r);
     join_thread(producer);
@@ -781,7 +696,7 @@ static void *churn_thread(void *arg)
 {
     churn *c = arg;
     uint64_t rng = ng_atomic_fetch_add(&c->seed, UINT64_C(0x9e3779b97f4a7c15), NG_RELAXED) | 1;
-    ng_tstate *ts = state_attached(c->in);
+    ng_tstate *ts = attached_state(c->in);
     if (ts == NULL)
         return NULL;
     int blocks = 1 + (int)(rng_next(&rng) % 3);
@@ -802,9 +717,9 @@ static void *churn_thread(void *arg)
 static void run_churn(bool detach_first)
 {
     churn c = {.seed = 1, .detach_first = detach_first};
-    c.in = interp_new();
+    c.in = new_interp();
     REQUIRE(c.in != NULL);
-    long batches = scaled(SANITIZER_SLOW ? 100 : 1000);
+    long batches = scaled(THREAD_SANITIZER ? 100 : 1000);
     long max_chunks = 0;
     uint64_t max_items = 0;
     for (long b = 0; b < batches; b++) {
@@ -826,7 +741,7 @@ static void run_churn(bool detach_first)
     /* Without processing at hand-over every entry would still be there. */
     CHECK_LT(max_items, 10 * 3 * 2);
     /* Whatever the last threads left runs at the next processing. */
-    ng_tstate *ts = state_attached(c.in);
+    ng_tstate *ts = attached_state(c.in);
     REQUIRE(ts != NULL);
     CHECK_STATUS(ng_qsbr_barrier(ts), NG_OK);
     CHECK_EQ(ng_atomic_load(&c.ran, NG_RELAXED), ng_atomic_load(&c.queued, NG_RELAXED));
@@ -851,10 +766,7 @@ TEST(delayed_r6_churn_of_detached_threads_keeps_the_interpreter_queue_bounded)
  * interpreter's queue. Small queues are packed into the interpreter's last chunk. */
 TEST(delayed_abandoned_work_is_drained_by_other_threads)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     enum { N_PEERS = 6, PER_PEER = 3 };
     peer peers[N_PEERS];
     uint64_t runs = 0;
@@ -890,8 +802,7 @@ TEST(delayed_abandoned_work_is_drained_by_other_threads)
     CHECK(in->delayed.queue.head == NULL);
     for (int i = 0; i < N_PEERS; i++)
         peer_stop(&peers[i]);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* What a release does (spec R6): abandoning its own queue with itself as the caller moves the
@@ -899,12 +810,7 @@ TEST(delayed_abandoned_work_is_drained_by_other_threads)
  * releasing thread's own report no longer holds them back. */
 TEST(delayed_abandon_by_the_releasing_thread_runs_the_work)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_DETACHED));
+    PEER_SCENE(in, ts, p, PEER_DETACHED);
     uint64_t runs = 0;
     for (int i = 0; i < 5; i++)
         CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 8), NG_OK);
@@ -918,20 +824,13 @@ TEST(delayed_abandon_by_the_releasing_thread_runs_the_work)
     CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 8), NG_OK);
     flush_own(ts);
     CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 6);
-    peer_stop(&p);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_peer_scene(in, ts, &p);
 }
 
 /* Interpreter deletion runs what is left, even with goals nobody reached. */
 TEST(delayed_interpreter_deletion_runs_the_rest)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
-    peer p;
-    REQUIRE(peer_start(&p, in, PEER_HOLD));
+    PEER_SCENE(in, ts, p, PEER_HOLD);
     uint64_t runs = 0;
     for (int i = 0; i < 300; i++)
         CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 8), NG_OK);
@@ -953,18 +852,24 @@ typedef struct barrier_worker {
     uint32_t done;      /* phases finished */
     uint32_t queued;    /* entries whose ng_call_delayed returned */
     uint8_t *ran;       /* one flag per entry */
+    pthread_t thread;
 } barrier_worker;
+
+/* Queues the worker's next entry, which sets its flag in `ran`. */
+static void barrier_queue_one(barrier_worker *w, ng_tstate *ts)
+{
+    CHECK_STATUS(ng_call_delayed(ts, set_flag, &w->ran[w->queued], 8), NG_OK);
+    ng_atomic_store(&w->queued, w->queued + 1, NG_RELEASE);
+}
 
 static void *barrier_worker_main(void *arg)
 {
     barrier_worker *w = arg;
-    ng_tstate *ts = state_attached(w->in);
+    ng_tstate *ts = attached_state(w->in);
     if (ts == NULL)
         return NULL;
-    for (int i = 0; i < BARRIER_BEFORE; i++) {
-        CHECK_STATUS(ng_call_delayed(ts, set_flag, &w->ran[w->queued], 8), NG_OK);
-        ng_atomic_store(&w->queued, w->queued + 1, NG_RELEASE);
-    }
+    for (int i = 0; i < BARRIER_BEFORE; i++)
+        barrier_queue_one(w, ts);
     if (w->index == 4) {
         /* Leaves: its work goes to the interpreter's queue (the waiting main thread holds
          * it back there), from where the barrier must collect it. */
@@ -979,20 +884,16 @@ static void *barrier_worker_main(void *arg)
         CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
     while (ng_atomic_load(&w->phase, NG_ACQUIRE) < 2) {
         if (!detached) {
-            if (w->index == 3 && w->queued < BARRIER_MAX) {
-                CHECK_STATUS(ng_call_delayed(ts, set_flag, &w->ran[w->queued], 8), NG_OK);
-                ng_atomic_store(&w->queued, w->queued + 1, NG_RELEASE);
-            }
+            if (w->index == 3 && w->queued < BARRIER_MAX)
+                barrier_queue_one(w, ts);
             CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
         }
         sched_yield();
     }
     if (detached)
         CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
-    for (int i = 0; i < 5 && w->queued < BARRIER_MAX; i++) {
-        CHECK_STATUS(ng_call_delayed(ts, set_flag, &w->ran[w->queued], 8), NG_OK);
-        ng_atomic_store(&w->queued, w->queued + 1, NG_RELEASE);
-    }
+    for (int i = 0; i < 5 && w->queued < BARRIER_MAX; i++)
+        barrier_queue_one(w, ts);
     ng_atomic_store(&w->done, 2, NG_RELEASE);
     while (ng_atomic_load(&w->phase, NG_ACQUIRE) < 3) {
         CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
@@ -1002,21 +903,47 @@ static void *barrier_worker_main(void *arg)
     return NULL;
 }
 
+/* Tells every worker to go on to `phase`. */
+static void barrier_workers_to(barrier_worker *w, uint32_t phase)
+{
+    for (int i = 0; i < BARRIER_WORKERS; i++)
+        ng_atomic_store(&w[i].phase, phase, NG_RELEASE);
+}
+
+/* Waits until every worker has finished `phases` phases. */
+static void barrier_workers_wait(barrier_worker *w, uint32_t phases)
+{
+    for (int i = 0; i < BARRIER_WORKERS; i++)
+        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].done, NG_ACQUIRE) >= phases, PATIENCE_MS));
+}
+
+/* Each worker's count of queued entries, now. */
+static void barrier_queued(barrier_worker *w, uint32_t *queued)
+{
+    for (int i = 0; i < BARRIER_WORKERS; i++)
+        queued[i] = ng_atomic_load(&w[i].queued, NG_ACQUIRE);
+}
+
+/* How many of the first queued[i] entries of each worker have not run. */
+static int barrier_not_run(barrier_worker *w, const uint32_t *queued)
+{
+    int missing = 0;
+    for (int i = 0; i < BARRIER_WORKERS; i++)
+        for (uint32_t k = 0; k < queued[i]; k++)
+            missing += ng_atomic_load(&w[i].ran[k], NG_RELAXED) == 0;
+    return missing;
+}
+
 TEST(delayed_barrier_waits_for_everything_queued_before)
 {
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     flag_double_runs = 0;
     barrier_worker w[BARRIER_WORKERS];
-    pthread_t t[BARRIER_WORKERS];
     for (int i = 0; i < BARRIER_WORKERS; i++) {
         w[i] = (barrier_worker){.in = in, .index = i, .ran = calloc(BARRIER_MAX, 1)};
-        t[i] = spawn_thread(barrier_worker_main, &w[i]);
+        w[i].thread = spawn_thread(barrier_worker_main, &w[i]);
     }
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].done, NG_ACQUIRE) >= 1, PATIENCE_MS));
+    barrier_workers_wait(w, 1);
     CHECK_GT(queue_items(&in->delayed.queue), 0); /* worker 4's */
     /* Our own entries and a plain free count too. */
     uint8_t mine[3] = {0};
@@ -1024,36 +951,26 @@ TEST(delayed_barrier_waits_for_everything_queued_before)
         CHECK_STATUS(ng_call_delayed(ts, set_flag, &mine[i], 8), NG_OK);
     CHECK_STATUS(ng_free_delayed(ts, malloc(32), 32), NG_OK);
 
-    uint32_t before[BARRIER_WORKERS];
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        before[i] = ng_atomic_load(&w[i].queued, NG_ACQUIRE);
+    uint32_t queued[BARRIER_WORKERS];
+    barrier_queued(w, queued);
     CHECK_STATUS(ng_qsbr_barrier(ts), NG_OK);
-    int missing = 0;
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        for (uint32_t k = 0; k < before[i]; k++)
-            missing += ng_atomic_load(&w[i].ran[k], NG_RELAXED) == 0;
+    int missing = barrier_not_run(w, queued);
     for (int i = 0; i < 3; i++)
         missing += mine[i] == 0;
     CHECK_EQ(missing, 0);
     CHECK_EQ(ng_atomic_load(&ts->state, NG_RELAXED), NG_TSTATE_ATTACHED);
 
     /* Later entries are unaffected: they run normally, once. */
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        ng_atomic_store(&w[i].phase, 2, NG_RELEASE);
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].done, NG_ACQUIRE) >= 2, PATIENCE_MS));
+    barrier_workers_to(w, 2);
+    barrier_workers_wait(w, 2);
     CHECK_STATUS(ng_qsbr_barrier(ts), NG_OK);
-    missing = 0;
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        for (uint32_t k = 0; k < ng_atomic_load(&w[i].queued, NG_ACQUIRE); k++)
-            missing += ng_atomic_load(&w[i].ran[k], NG_RELAXED) == 0;
-    CHECK_EQ(missing, 0);
+    barrier_queued(w, queued);
+    CHECK_EQ(barrier_not_run(w, queued), 0);
     CHECK_EQ(ng_atomic_load(&flag_double_runs, NG_RELAXED), 0);
 
+    barrier_workers_to(w, 3);
     for (int i = 0; i < BARRIER_WORKERS; i++)
-        ng_atomic_store(&w[i].phase, 3, NG_RELEASE);
-    for (int i = 0; i < BARRIER_WORKERS; i++)
-        join_thread(t[i]);
+        join_thread(w[i].thread);
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK); /* runs leftovers, which point into `ran` */
     for (int i = 0; i < BARRIER_WORKERS; i++)
@@ -1099,10 +1016,7 @@ TEST(delayed_misuse_is_reported)
     ng_delayed_abandon(NULL, NULL);
     ng_delayed_queue_run_all(NULL, NULL);
 
-    ng_interp *in = interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
 
     /* NULL work is accepted and ignored. */
     CHECK_STATUS(ng_free_delayed(ts, NULL, 100), NG_OK);
