@@ -9,29 +9,13 @@
 #include "harness.h"
 #include "tstate_helpers.h"
 
-/* Thread creation is 10-30 times slower under ThreadSanitizer; its churn is shorter. */
-#if defined(__SANITIZE_THREAD__)
-#define THREAD_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define THREAD_SANITIZER 1
-#endif
-#endif
-#ifndef THREAD_SANITIZER
-#define THREAD_SANITIZER 0
-#endif
-
-/* ==== Helpers ============================================================================= */
-
-
 static uint64_t slot_seq(ng_tstate *ts) { return ng_atomic_load(&ts->qsbr->seq, NG_SEQ_CST); }
 
 /* ==== Life cycle ========================================================================= */
 
 TEST(tstate_lifecycle_ids_and_references)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_tstate *a = NULL, *b = NULL;
     REQUIRE(CHECK_STATUS(ng_tstate_new(in, &a), NG_OK));
     REQUIRE(CHECK_STATUS(ng_tstate_new(in, &b), NG_OK));
@@ -160,8 +144,7 @@ static void *call_from_another_thread(void *p)
 
 TEST(tstate_misuse_is_reported)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_tstate *a = NULL, *b = NULL;
     REQUIRE(CHECK_STATUS(ng_tstate_new(in, &a), NG_OK));
     REQUIRE(CHECK_STATUS(ng_tstate_new(in, &b), NG_OK));
@@ -277,8 +260,7 @@ static void *create_and_exit(void *p)
 
 TEST(tstate_thread_exit_releases_bound_states)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     int ran = 0;
     uint64_t frees = ng_atomic_load(&ng_test_tstate_frees, NG_RELAXED);
     struct exiting_thread t = {.in = in, .ran = &ran};
@@ -294,13 +276,11 @@ TEST(tstate_thread_exit_releases_bound_states)
     CHECK_EQ(ng_atomic_load(&t.detached->magic, NG_RELAXED), NG_TSTATE_DEAD_MAGIC);
 
     /* Its queued work was handed over; a barrier from this thread runs whatever is left. */
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     CHECK_STATUS(ng_qsbr_barrier(me), NG_OK);
     CHECK_EQ(ng_atomic_load(&ran, NG_SEQ_CST), 1);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
 
 /* Thread churn: threads bind, attach, queue work and go, half by release and half by thread
@@ -322,9 +302,7 @@ static void *churn_main(void *p)
 {
     struct churn_thread *t = p;
     ng_tstate *ts = NULL;
-    int err = ng_tstate_new(t->in, &ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(ts);
+    int err = create_attached(t->in, &ts);
     for (int k = 0; err == NG_OK && k < CHURN_CALLS; k++)
         err = ng_call_delayed(ts, count_once, &t->ran[k], 8);
     for (int k = 0; err == NG_OK && k < CHURN_FREES; k++)
@@ -339,8 +317,8 @@ static void *churn_main(void *p)
 
 TEST(tstate_churn_leaks_nothing_and_runs_every_callback_once)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
+    /* Thread creation is 10-30 times slower under ThreadSanitizer; its churn is shorter. */
     long n = scaled(THREAD_SANITIZER ? 2000 : 10000);
     uint32_t *ran = calloc((size_t)n * CHURN_CALLS, sizeof(uint32_t));
     REQUIRE(ran != NULL);
@@ -375,16 +353,14 @@ TEST(tstate_churn_leaks_nothing_and_runs_every_callback_once)
     /* Exiting threads process the interpreter's queue (R6): it stays small. */
     CHECK_LT(max_interp_items, 20 * CHURN_BATCH * (CHURN_CALLS + CHURN_FREES));
 
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     CHECK_STATUS(ng_qsbr_barrier(me), NG_OK);
     long wrong = 0;
     for (long i = 0; i < n * CHURN_CALLS; i++)
         wrong += ng_atomic_load(&ran[i], NG_SEQ_CST) != 1;
     CHECK_EQ(wrong, 0);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
     free(ran);
 }
 
@@ -404,9 +380,7 @@ struct blocker {
 static void *attached_lock_waiter(void *p)
 {
     struct blocker *b = p;
-    int err = ng_tstate_new(b->in, &b->ts);
-    if (err == NG_OK)
-        err = ng_tstate_attach(b->ts);
+    int err = create_attached(b->in, &b->ts);
     ng_atomic_store(&b->ready, 1, NG_SEQ_CST);
     if (err == NG_OK) {
         err = ng_mutex_lock(b->mutex);
@@ -425,8 +399,7 @@ static void *attached_lock_waiter(void *p)
 
 TEST(tstate_blocked_lock_waiter_is_detached_and_reattached)
 {
-    ng_interp *in = new_interp();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_mutex m = NG_MUTEX_INIT;
     ng_mutex_lock(&m);
     struct blocker b = {.in = in, .mutex = &m};
@@ -439,9 +412,8 @@ TEST(tstate_blocked_lock_waiter_is_detached_and_reattached)
     CHECK_EQ(slot_seq(b.ts), NG_QSBR_OFFLINE);
 
     /* ... so a grace period completes without it. */
-    ng_tstate *me = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &me), NG_OK));
-    CHECK_STATUS(ng_tstate_attach(me), NG_OK);
+    ng_tstate *me = attached_state(in);
+    REQUIRE(me != NULL);
     uint64_t goal = ng_qsbr_advance(&in->qsbr);
     ng_qsbr_quiescent_state(me->qsbr);
     CHECK(ng_qsbr_poll(me->qsbr, goal));
@@ -461,6 +433,5 @@ TEST(tstate_blocked_lock_waiter_is_detached_and_reattached)
     CHECK_EQ(b.state_after, NG_TSTATE_ATTACHED);
     CHECK_EQ(b.current_after, 1);
     CHECK_STATUS(b.result, NG_OK);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
