@@ -1,7 +1,7 @@
 /* Thread-state edge cases: a checkpoint from the wrong thread, a stop-the-world requester
  * attaching a state it created while stopped, creation racing interpreter deletion. */
 #include "harness.h"
-#include "tstate_internal.h"
+#include "tstate_helpers.h"
 
 /* ---- The inline checkpoint checks the owner -------------------------------------------- */
 
@@ -21,11 +21,7 @@ static void *checkpoint_from_another_thread(void *p)
  * owner, which may still hold pointers: it must be refused, and the owner's seq untouched. */
 TEST(tstate_checkpoint_of_an_attached_state_from_another_thread_is_refused)
 {
-    ng_interp *in = NULL;
-    REQUIRE(CHECK_STATUS(ng_interp_new(&in), NG_OK));
-    ng_tstate *ts = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK));
-    REQUIRE(CHECK_STATUS(ng_tstate_attach(ts), NG_OK));
+    TSTATE_SCENE(in, ts);
     uint64_t before = ng_atomic_load(&ts->qsbr->seq, NG_SEQ_CST);
     ng_qsbr_advance(&in->qsbr); /* the owner is now behind */
 
@@ -36,8 +32,7 @@ TEST(tstate_checkpoint_of_an_attached_state_from_another_thread_is_refused)
 
     CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK); /* the owner itself may */
     CHECK_EQ(ng_atomic_load(&ts->qsbr->seq, NG_SEQ_CST), ng_qsbr_shared_current(&in->qsbr));
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ---- A stop-the-world requester may create and attach a state -------------------------- */
@@ -56,7 +51,7 @@ static void *stop_then_create(void *p)
     ng_tstate *ts = NULL;
     s->create = ng_tstate_new(s->in, &ts);
     if (s->create == NG_OK) {
-        s->state_at_creation = ng_atomic_load(&ts->state, NG_SEQ_CST);
+        s->state_at_creation = state_of(ts);
         s->attach = ng_tstate_attach(ts); /* hung forever: SUSPENDED by its own stop */
         if (s->attach == NG_OK)
             s->detach = ng_tstate_detach(ts);
