@@ -16,9 +16,8 @@ static uint64_t slot_seq(ng_tstate *ts) { return ng_atomic_load(&ts->qsbr->seq, 
 TEST(tstate_lifecycle_ids_and_references)
 {
     INTERP_SCENE(in);
-    ng_tstate *a = NULL, *b = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &a), NG_OK));
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &b), NG_OK));
+    ng_tstate *a = detached_state(in), *b = detached_state(in);
+    REQUIRE(a != NULL && b != NULL);
 
     /* Fresh states: detached, registered, bound to this thread, ids from 1. */
     CHECK_EQ(state_of(a), NG_TSTATE_DETACHED);
@@ -93,9 +92,8 @@ TEST(tstate_two_interpreters_are_independent)
 {
     ng_interp *x = new_interp(), *y = new_interp();
     REQUIRE(x != NULL && y != NULL);
-    ng_tstate *tx = NULL, *ty = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(x, &tx), NG_OK));
-    REQUIRE(CHECK_STATUS(ng_tstate_new(y, &ty), NG_OK));
+    ng_tstate *tx = detached_state(x), *ty = detached_state(y);
+    REQUIRE(tx != NULL && ty != NULL);
     CHECK_EQ(tx->id, 1);
     CHECK_EQ(ty->id, 1);
     CHECK(tx->qsbr->shared == &x->qsbr);
@@ -145,9 +143,8 @@ static void *call_from_another_thread(void *p)
 TEST(tstate_misuse_is_reported)
 {
     INTERP_SCENE(in);
-    ng_tstate *a = NULL, *b = NULL;
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &a), NG_OK));
-    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &b), NG_OK));
+    ng_tstate *a = detached_state(in), *b = detached_state(in);
+    REQUIRE(a != NULL && b != NULL);
 
     /* NULL everywhere. */
     CHECK_STATUS(ng_interp_new(NULL), NG_EINVAL);
@@ -239,8 +236,6 @@ struct exiting_thread {
     int *ran;
     int result;
 };
-
-static void count_call(void *arg) { ng_atomic_fetch_add((int *)arg, 1, NG_SEQ_CST); }
 
 static void *create_and_exit(void *p)
 {

@@ -42,11 +42,20 @@ static inline ng_interp *new_interp(void)
     return in;
 }
 
-/* A state for the calling thread, attached; NULL (failure recorded) otherwise. */
-static inline ng_tstate *attached_state(ng_interp *in)
+/* A new (so detached) state for the calling thread; NULL (failure recorded) otherwise. */
+static inline ng_tstate *detached_state(ng_interp *in)
 {
     ng_tstate *ts = NULL;
     if (!CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK))
+        return NULL;
+    return ts;
+}
+
+/* A state for the calling thread, attached; NULL (failure recorded) otherwise. */
+static inline ng_tstate *attached_state(ng_interp *in)
+{
+    ng_tstate *ts = detached_state(in);
+    if (ts == NULL)
         return NULL;
     if (!CHECK_STATUS(ng_tstate_attach(ts), NG_OK)) {
         ng_tstate_release(ts);
@@ -120,6 +129,9 @@ static inline int release_keeping_error(ng_tstate *ts, int err)
             ng_atomic_store(&(w)[stop_i_].stop, 1, NG_SEQ_CST);                         \
         JOIN_ALL(w, n);                                                                 \
     } while (0)
+
+/* A delayed call that counts its runs in the int it is given. */
+static inline void count_call(void *counter) { ng_atomic_fetch_add((int *)counter, 1, NG_SEQ_CST); }
 
 /* ---- Observations ---------------------------------------------------------------------------- */
 
