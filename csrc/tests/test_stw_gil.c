@@ -74,8 +74,7 @@ static void check_stop_freezes_everyone(ng_interp *in, ng_tstate *requester,
     CHECK_STATUS(ng_start_the_world(in), NG_OK);
     CHECK(!ng_world_stopped(in));
     for (int i = 0; i < STW_ATTACHED; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].iterations, NG_SEQ_CST) > before[i] + 10,
-                         PATIENCE_MS));
+        CHECK(wait_past(&w[i].iterations, before[i] + 10));
 }
 
 TEST(stw_suspends_attached_and_detached_threads)
@@ -88,7 +87,7 @@ TEST(stw_suspends_attached_and_detached_threads)
     }
     CHECK(WAIT_UNTIL(all_published(w, STW_WORKERS), PATIENCE_MS));
     for (int i = 0; i < STW_ATTACHED; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].iterations, NG_SEQ_CST) > 0, PATIENCE_MS));
+        CHECK(wait_past(&w[i].iterations, 0));
 
     uint64_t stops = stats_of(in).stops;
     /* Requester without a state. */
@@ -225,7 +224,7 @@ TEST(stw_r8_requester_stays_attached_while_waiting)
     REQUIRE(me != NULL);
     struct observer o = {.watched = me};
     pthread_t to = spawn_thread(observe_state, &o);
-    CHECK(WAIT_UNTIL(ng_atomic_load(&o.samples, NG_SEQ_CST) > 0, PATIENCE_MS));
+    CHECK(wait_past(&o.samples, 0));
     uint64_t samples_before = ng_atomic_load(&o.samples, NG_SEQ_CST);
     int64_t waited_ns = 0;
     for (int round = 0; round < 10; round++) {
@@ -293,7 +292,7 @@ TEST(stw_r9_no_hang_with_mutex_handoffs)
     long cycles = scaled(SANITIZED ? 300 : 1000);
     uint64_t rounds_before = 0;
     for (int i = 0; i < R9_THREADS; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&c[i].rounds, NG_SEQ_CST) > 0, PATIENCE_MS));
+        CHECK(wait_past(&c[i].rounds, 0));
     for (int i = 0; i < R9_THREADS; i++)
         rounds_before += ng_atomic_load(&c[i].rounds, NG_SEQ_CST);
     for (long k = 0; k < cycles; k++) {

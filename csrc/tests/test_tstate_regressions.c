@@ -105,7 +105,7 @@ TEST(tstate_r3_interpreter_deletion_cancels_blocked_threads)
         t[i].thread = spawn_thread(r3_loop, &t[i]);
     }
     for (int i = 0; i < R3_THREADS; i++)
-        CHECK(WAIT_UNTIL(ng_atomic_load(&t[i].rounds, NG_SEQ_CST) > 2, PATIENCE_MS));
+        CHECK(wait_past(&t[i].rounds, 2));
 
     /* The deletion pauses, with the world stopped, until some thread tried to attach and is
      * parked as SUSPENDED; the deletion must wake it. */
@@ -454,10 +454,8 @@ TEST(tstate_fork_child_keeps_only_the_forking_threads_state)
     /* The parent goes on: its world was restarted, every state is still there. */
     CHECK_EQ(stats_of(in).threads, FORK_WORKERS + 1);
     CHECK(!ng_world_stopped(in));
-    for (int i = 0; i < FORK_WORKERS; i++) {
-        uint64_t r = ng_atomic_load(&w[i].rounds, NG_SEQ_CST);
-        CHECK(WAIT_UNTIL(ng_atomic_load(&w[i].rounds, NG_SEQ_CST) > r, PATIENCE_MS));
-    }
+    for (int i = 0; i < FORK_WORKERS; i++)
+        CHECK(wait_past(&w[i].rounds, ng_atomic_load(&w[i].rounds, NG_SEQ_CST)));
     CHECK_STATUS(ng_tstate_checkpoint(me), NG_OK);
     check_child(pid, fork_check_names, "fork with live states");
 

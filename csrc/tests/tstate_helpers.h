@@ -145,6 +145,13 @@ static inline ng_interp_stats stats_of(ng_interp *in)
     return st;
 }
 
+/* Waits (PATIENCE_MS at most) until a counter another thread increments is above `value`; the
+ * value is whether it got there. */
+static inline bool wait_past(uint64_t *counter, uint64_t value)
+{
+    return WAIT_UNTIL(ng_atomic_load(counter, NG_SEQ_CST) > value, PATIENCE_MS);
+}
+
 /* Waits (PATIENCE_MS at most) until the thread published its state; the value is whether it
  * did. */
 static inline bool wait_published(ng_tstate **slot)
