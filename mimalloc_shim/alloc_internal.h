@@ -221,6 +221,13 @@ void ng_mi_seglist_remove(ng_mi_segment **head, ng_mi_segment *s);
 bool ng_mi_registry_lock_lookup(const ng_mi_segment *s); /* returns with the lock held */
 void ng_mi_registry_unlock(void);
 void ng_mi_registry_after_fork(void);
+#ifdef NG_MI_DEBUG
+/* With the registry lock held: whether `p` is the block of one of the last
+ * NG_MI_GONE_HUGE_MAX huge segments unmapped after their block was freed (and no segment has
+ * been mapped over it since): its free is a double free, not a foreign pointer. */
+#define NG_MI_GONE_HUGE_MAX 64
+bool ng_mi_registry_gone_huge_locked(const void *p);
+#endif
 
 /* ---- page.c -------------------------------------------------------------------------------- */
 
@@ -280,6 +287,10 @@ void ng_mi_heap_collect_retired(ng_mi_heap *heap, bool all);
 void ng_mi_heap_drain_delayed(ng_mi_heap *heap);
 /* The free of ng_mi_free without checks (non-debug semantics). */
 int ng_mi_free_unchecked(void *p);
+/* Whether ng_mi_free_checked(p) on this thread refuses `p` as an object block of the
+ * caller's own heap whose state is not attached (its NG_ESTATE that is not a double free).
+ * Stable for the calling thread: only it attaches its state. */
+bool ng_mi_free_refused_detached(const void *p);
 /* Huge segments of object heaps waiting for their goal: unmaps the reached ones. */
 void ng_mi_huge_waiting_collect(ng_mi_interp *mi, ng_mi_thread *t, bool poll);
 

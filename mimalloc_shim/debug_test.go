@@ -109,3 +109,28 @@ func TestDebugCheckedFrees(t *testing.T) {
 		})
 	}
 }
+
+// The goroutine that owns an object heap frees its blocks only while its ThreadState is
+// attached (a StopTheWorld walker may read the page the local free writes): detached, Free
+// returns an error matching nogil.ErrState (not ErrDoubleFree) and leaves the block
+// allocated; Mem blocks are freed. Before, the detached free went through.
+func TestDebugDetachedOwnerFreeIsRefused(t *testing.T) {
+	deadline(t, 60*time.Second)
+	in := newInterp(t)
+	g := startBound(t, in, true)
+	g.run(func(ts *nogil.ThreadState) {
+		obj, mem := heap(t, ts, Object), heap(t, ts, Mem)
+		p, _ := obj.Malloc(64)
+		m, _ := mem.Malloc(64)
+		must(t, "Detach", ts.Detach())
+		err := Free(p)
+		wantErr(t, "Free of an object block while detached", err, nogil.ErrState, "detached", "Attach first")
+		if errors.Is(err, ErrDoubleFree) {
+			t.Errorf("refused detached free %v matches ErrDoubleFree", err)
+		}
+		must(t, "Free of a Mem block while detached", Free(m))
+		must(t, "Attach", ts.Attach())
+		must(t, "Free once attached", obj.Free(p))
+		wantErr(t, "Free twice", obj.Free(p), ErrDoubleFree)
+	})
+}

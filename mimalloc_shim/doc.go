@@ -53,7 +53,8 @@
 // heap of the same kind takes the segments over when it needs a page or in Collect(true).
 // The Heap values of a released state return errors matching nogil.ErrReleased. When the
 // Interpreter is closed, every segment it still owns is unmapped: blocks must not be used
-// after Interpreter.Close.
+// or freed after Interpreter.Close (the nogil_debug build's Free returns ErrNotAllocated for
+// them; elsewhere it is undefined).
 //
 // In the child of fork() (which can run only C in a Go process) the surviving thread adopts
 // the segments of the threads that did not survive.

@@ -1,6 +1,7 @@
 package mimalloc_shim
 
 // #include "nogil.h"
+// #define NG_GO_FREE_DETACHED 1
 import "C"
 
 import (
@@ -76,13 +77,17 @@ func statusError(op string, st C.int) error {
 	return newError(op, C.GoString(C.ng_strerror(st)))
 }
 
-// freeError turns the status of ng_mi_free_checked into an error.
+// freeError turns the status of ng_go_mi_free (heap.go) into an error.
 func freeError(op string, st C.int) error {
 	switch st {
 	case C.NG_OK:
 		return nil
 	case C.NG_EINVAL:
 		return newError(op, "pointer not allocated by this allocator", ErrNotAllocated, nogil.ErrInvalid)
+	case C.NG_GO_FREE_DETACHED:
+		return newError(op, "block of an object heap freed by its ThreadState's own "+
+			"goroutine while the state is detached (a StopTheWorld may be walking that "+
+			"heap); Attach first: the block is still allocated", nogil.ErrState)
 	case C.NG_ESTATE:
 		return newError(op, "double free", ErrDoubleFree, nogil.ErrInvalid)
 	}

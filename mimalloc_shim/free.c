@@ -4,8 +4,9 @@
  * The checked free (NG_MI_DEBUG) finds a double free on any thread, racing or not: it clears
  * the block's live bit (a huge segment's live flag) with one atomic read-modify-write before
  * it touches the block, and only the free that cleared it goes on (alloc_internal.h). A
- * block of a page that has since gone back to its segment, or of a huge MEM segment already
- * unmapped, is no longer recognisable and gets NG_EINVAL. */
+ * block of a page that has since gone back to its segment is no longer recognisable and gets
+ * NG_EINVAL; a freed huge block whose segment is unmapped is remembered for a while (the
+ * registry's gone_huge ring, segment.c) and gets NG_ESTATE. */
 #include <sched.h>
 
 #include "alloc_internal.h"
@@ -184,11 +185,33 @@ static bool list_contains(const ng_mi_page *page, const ng_mi_block *b, const vo
 }
 #endif
 
+/* Whether the block is an object-heap block of a page the calling thread owns while that
+ * heap's state is not attached: the owner's free would write page->local_free and used
+ * without atomics, which a stop-the-world visitor reads (CPython frees objects only while
+ * attached). Huge segments are left out: their free takes the interpreter lock, as the
+ * visitor does, and their owner field changes under that lock, so it is not ours to read. */
+static bool detached_owner_free(ng_mi_segment *s)
+{
+    if (s->heap_kind == NG_MI_HEAP_MEM || s->kind == NG_MI_SEGMENT_HUGE)
+        return false;
+    /* Relaxed: see ng_mi_free. Our own id means we wrote s->owner last (allocation, reclaim
+     * and abandon all happen on the thread that owns or takes the segment), so the plain read
+     * below races with nothing. */
+    if (ng_atomic_load(&s->thread_id, NG_RELAXED) != ng_thread_id() || s->owner == NULL)
+        return false;
+    /* Relaxed: only this thread moves its own state out of ATTACHED; the stopper's
+     * DETACHED -> SUSPENDED keeps it "not attached" either way. */
+    return ng_atomic_load(&s->owner->tstate->state, NG_RELAXED) != NG_TSTATE_ATTACHED;
+}
+
 /* With the registry lock held (the segment stays mapped). */
 static int check_block(ng_mi_segment *s, void *p)
 {
     if (s->cookie != (NG_MI_SEGMENT_COOKIE ^ (uint64_t)(uintptr_t)s))
         return NG_EINVAL;
+    /* Before the live bit: a refused free leaves the block live, to be freed once attached. */
+    if (detached_owner_free(s))
+        return NG_ESTATE;
     uintptr_t off = (uintptr_t)p - (uintptr_t)s;
     ng_mi_page *page;
     if (s->kind == NG_MI_SEGMENT_HUGE) {
@@ -262,6 +285,18 @@ static int check_block(ng_mi_segment *s, void *p)
 #endif
 }
 
+bool ng_mi_free_refused_detached(const void *p)
+{
+    if (p == NULL)
+        return false;
+    ng_mi_segment *s = ng_mi_segment_of(p);
+    bool refused = ng_mi_registry_lock_lookup(s) &&
+                   s->cookie == (NG_MI_SEGMENT_COOKIE ^ (uint64_t)(uintptr_t)s) &&
+                   detached_owner_free(s);
+    ng_mi_registry_unlock();
+    return refused;
+}
+
 int ng_mi_free_checked(void *p)
 {
     if (p == NULL)
@@ -270,6 +305,10 @@ int ng_mi_free_checked(void *p)
     int st = NG_EINVAL;
     if (ng_mi_registry_lock_lookup(s))
         st = check_block(s, p);
+#ifdef NG_MI_DEBUG
+    else if (ng_mi_registry_gone_huge_locked(p))
+        st = NG_ESTATE; /* a freed huge block whose segment is unmapped already */
+#endif
     ng_mi_registry_unlock();
     if (st != NG_OK)
         return st;

@@ -2,10 +2,22 @@ package mimalloc_shim
 
 /*
 #include "nogil.h"
+#include "alloc_internal.h"
+
+// Not a status: ng_go_mi_free's NG_ESTATE for a detached owner's object free (errors.go).
+#define NG_GO_FREE_DETACHED 1
 
 // ng_mi_free as the header spells it (checked in NG_MI_DEBUG builds): the C inline fast
-// path on the calling thread, the out-of-line path otherwise.
-static int ng_go_mi_free(void *p) { return ng_mi_free(p); }
+// path on the calling thread, the out-of-line path otherwise. NG_ESTATE is split in the same
+// call, on the same thread (the refusal depends on it): a double free, or
+// NG_GO_FREE_DETACHED.
+static int ng_go_mi_free(void *p)
+{
+	int st = ng_mi_free(p);
+	if (st == NG_ESTATE && ng_mi_free_refused_detached(p))
+		return NG_GO_FREE_DETACHED;
+	return st;
+}
 */
 import "C"
 
@@ -274,8 +286,15 @@ func (h *Heap) Realloc(p unsafe.Pointer, size uintptr) (unsafe.Pointer, error) {
 // build, which returns ErrNotAllocated or ErrDoubleFree from any goroutine: the C check keeps
 // a live bit per block, cleared atomically before the block is touched, so of two racing
 // frees of one block exactly one succeeds. A second free of a block whose page has since gone
-// back to its segment (or of a freed Mem huge block, whose memory is unmapped at once)
-// returns ErrNotAllocated.
+// back to its segment returns ErrNotAllocated; one of a huge block whose memory was unmapped
+// (a Mem one at once) returns ErrDoubleFree while it is among the last 64 such blocks, and
+// ErrNotAllocated after. A block freed after its Interpreter was closed is ErrNotAllocated
+// there (undefined in the release build).
+//
+// The bound goroutine of an Object, GC or GCPre heap frees their blocks only while its state
+// is attached (Heap.Free checks it; for the package-level Free it is the caller's rule): a
+// goroutine inside Interpreter.StopTheWorld may be walking the heap. The nogil_debug build's
+// Free refuses such a free with an error matching nogil.ErrState and keeps the block.
 func (h *Heap) Free(p unsafe.Pointer) error {
 	if p == nil {
 		return nil

@@ -73,15 +73,50 @@ static size_t reg_find_locked(uintptr_t key)
     return SIZE_MAX;
 }
 
-static void reg_remove(uintptr_t key)
+#ifdef NG_MI_DEBUG
+/* Debug builds: the block starts of the last NG_MI_GONE_HUGE_MAX freed huge blocks whose
+ * segments were unmapped (a ring, so memory stays bounded; 0 = empty), under reg_lock. A MEM
+ * huge block is unmapped by its free, so without this its second free found no segment and
+ * was reported as a foreign pointer. An entry goes when a segment is mapped over it (the
+ * address is then a new segment's, checked as such) or when the ring wraps (then its double
+ * free is NG_EINVAL again, as for a page given back to its segment). */
+static uintptr_t gone_huge[NG_MI_GONE_HUGE_MAX];
+static size_t gone_huge_next;
+
+bool ng_mi_registry_gone_huge_locked(const void *p)
+{
+    for (size_t i = 0; i < NG_MI_GONE_HUGE_MAX; i++)
+        if (gone_huge[i] != 0 && gone_huge[i] == (uintptr_t)p)
+            return true;
+    return false;
+}
+
+static void gone_huge_forget_locked(uintptr_t lo, size_t size)
+{
+    for (size_t i = 0; i < NG_MI_GONE_HUGE_MAX; i++)
+        if (gone_huge[i] - lo < size)
+            gone_huge[i] = 0;
+}
+#endif
+
+static void reg_remove(ng_mi_segment *s)
 {
     ng_raw_mutex_lock(&reg_lock);
-    size_t j = reg_find_locked(key);
+    size_t j = reg_find_locked((uintptr_t)s);
     if (j != SIZE_MAX) {
         reg_slots[j] = REG_TOMB;
         reg_count--;
         reg_tombs++;
     }
+#ifdef NG_MI_DEBUG
+    /* Read under reg_lock, which every checked free holds while it clears the flag: a free
+     * of this block either finished before (flag 0: remembered) or finds no segment after. */
+    if (s->kind == NG_MI_SEGMENT_HUGE && s->pages[0].in_use &&
+        ng_atomic_load(&ng_mi_segment_debug(s)->huge_live, NG_RELAXED) == 0) {
+        gone_huge[gone_huge_next] = (uintptr_t)s->pages[0].start;
+        gone_huge_next = (gone_huge_next + 1) % NG_MI_GONE_HUGE_MAX;
+    }
+#endif
     ng_raw_mutex_unlock(&reg_lock);
 }
 
@@ -240,6 +275,10 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
     }
     ng_raw_mutex_lock(&reg_lock);
     bool ok = reg_insert_locked((uintptr_t)s);
+#ifdef NG_MI_DEBUG
+    if (ok)
+        gone_huge_forget_locked((uintptr_t)s, size);
+#endif
     ng_raw_mutex_unlock(&reg_lock);
     if (!ok) {
         ng_mi_os_unmap(s, size);
@@ -263,7 +302,7 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
 
 void ng_mi_segment_unmap(ng_mi_interp *mi, ng_mi_segment *s)
 {
-    reg_remove((uintptr_t)s);
+    reg_remove(s);
 #ifdef NG_MI_DEBUG
     /* Out of the registry (reg_remove waited for any checked free looking at it): the
      * bitmaps of pages still in use (interpreter teardown, abandoned segments) go now. */

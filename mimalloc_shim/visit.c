@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "alloc_internal.h"
+#include "tstate_internal.h"
 
 static void mark_list(const ng_mi_page *page, const ng_mi_block *b, uint8_t *bits)
 {
@@ -105,7 +106,11 @@ int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_f
 {
     if (interp == NULL || fn == NULL || (unsigned)kind >= NG_MI_HEAP_COUNT)
         return NG_EINVAL;
-    if (!ng_world_stopped(interp))
+    /* The pool is walked without the lock, which is safe only for the thread that stopped
+     * the world: every thread with a state is suspended then, and none of them can be a
+     * second walker. Another thread seeing world_stopped may be racing that walker (or
+     * the restart), so it gets NG_ESTATE like a caller outside any stop. */
+    if (!ng_world_stopped(interp) || !ng_stw_stopped_by_me(interp))
         return NG_ESTATE;
     ng_mi_interp *mi = ng_mi_interp_of(interp);
     if (mi == NULL)

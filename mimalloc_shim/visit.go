@@ -68,8 +68,9 @@ func (v *visitor) walk(run func(handle C.uintptr_t) C.int) C.int {
 //
 // The heap's bound goroutine may call it while its state is attached; fn must not allocate
 // from or free into this heap (those calls return an error matching nogil.ErrBusy). Any
-// other goroutine may call it only inside Interpreter.StopTheWorld (the owner is then
-// paused); outside one it gets an error matching nogil.ErrWrongThread.
+// other goroutine may call it only from the function it passed to Interpreter.StopTheWorld
+// (the owner is then paused); elsewhere, even on a third goroutine while the world is
+// stopped, it gets an error matching nogil.ErrWrongThread.
 func (h *Heap) Visit(fn func(p unsafe.Pointer, size uintptr) bool) error {
 	if fn == nil {
 		return newError("Visit", "nil function", nogil.ErrInvalid)
@@ -91,15 +92,18 @@ func (h *Heap) Visit(fn func(p unsafe.Pointer, size uintptr) bool) error {
 	st := v.walk(func(handle C.uintptr_t) C.int { return C.ng_go_mi_heap_visit(h.c, handle) })
 	if st == C.NG_EWRONGTHREAD {
 		return newError("Visit", "called by a goroutine other than the heap's bound "+
-			"goroutine outside Interpreter.StopTheWorld", nogil.ErrWrongThread)
+			"goroutine outside the function it passed to Interpreter.StopTheWorld",
+			nogil.ErrWrongThread)
 	}
 	return statusError("Visit", st)
 }
 
 // AbandonedVisit calls fn for every live block of kind kind in the interpreter's abandoned
 // pool: blocks of heaps whose thread state was released, or whose goroutine returned, that
-// no thread has reclaimed yet. It must run inside in.StopTheWorld (an error matching
-// nogil.ErrState otherwise); fn must not allocate or free.
+// no thread has reclaimed yet. It must be called from the function passed to
+// in.StopTheWorld, by the goroutine that stopped the world: elsewhere, even on another
+// goroutine while the world is stopped, it returns an error matching nogil.ErrState. fn must
+// not allocate or free.
 func AbandonedVisit(in *nogil.Interpreter, kind HeapKind, fn func(p unsafe.Pointer, size uintptr) bool) error {
 	if fn == nil {
 		return newError("AbandonedVisit", "nil function", nogil.ErrInvalid)
@@ -115,8 +119,8 @@ func AbandonedVisit(in *nogil.Interpreter, kind HeapKind, fn func(p unsafe.Point
 		return C.ng_go_mi_abandoned_visit((*C.ng_interp)(in.CPtr()), C.int(kind), handle)
 	})
 	if st == C.NG_ESTATE {
-		return newError("AbandonedVisit", "the world is not stopped; call it inside "+
-			"Interpreter.StopTheWorld", nogil.ErrState)
+		return newError("AbandonedVisit", "the calling goroutine has not stopped the world; "+
+			"call it from the function passed to Interpreter.StopTheWorld", nogil.ErrState)
 	}
 	return statusError("AbandonedVisit", st)
 }

@@ -24,7 +24,16 @@
  *
  * Threads: a heap is used by the thread that owns its thread state, while that state is
  * attached (as CPython requires for PyObject_Malloc); ng_mi_free may be called by any thread,
- * with or without a thread state. When a state goes away (release, thread exit) its heaps are
+ * with or without a thread state, with one rule for the object heaps (OBJECT, GC, GC_PRE):
+ * the thread that owns a block's heap frees it only while that heap's state is attached (as
+ * CPython frees objects). Its free is the unsynchronised local path (page->local_free, used),
+ * and a thread that stopped the world may be walking the heap (ng_mi_heap_visit) because a
+ * detached state counts as stopped; every other thread's free is one atomic push, which the
+ * walker reads with atomics. NG_MI_DEBUG builds refuse such a free (NG_ESTATE, memory
+ * untouched, the block stays live) for blocks up to NG_MI_LARGE_MAX; a huge block's free
+ * takes the interpreter lock the walker takes, so it is safe anyway. The MEM heap has no such
+ * rule (raw memory, freed detached as PyMem_RawFree may be): a walk of another thread's MEM
+ * heap is exact only if its owner does not free while detached. When a state goes away (release, thread exit) its heaps are
  * abandoned to the interpreter: segments still holding live blocks or waiting pages go to the
  * interpreter's abandoned pool, from which any thread of that interpreter reclaims them
  * (needing a page, or in ng_mi_heap_collect with force); empty ones go back to the kernel.
@@ -39,9 +48,20 @@
  * debug check keeps a live bit per block (set by every allocation, cleared atomically by the
  * free before it touches the block), so it finds a double free from any thread, and of two
  * racing frees of one block exactly one returns NG_OK. A block whose page has since gone back
- * to its segment (or a MEM huge block, whose segment is unmapped at once) is no longer
- * recognisable: its second free returns NG_EINVAL; a block start never handed out may be
- * reported as NG_ESTATE by a thread other than the page's owner. In NG_MI_DEBUG builds
+ * to its segment is no longer recognisable: its second free returns NG_EINVAL. A huge block
+ * is remembered after its segment is unmapped (a MEM one at once, an object one when its
+ * goal is reached): its second free returns NG_ESTATE as long as it is among the last
+ * NG_MI_GONE_HUGE_MAX (64) such blocks and nothing was mapped over it since, NG_EINVAL after
+ * (a bounded record, never a growing one). A block start never handed out may be reported as
+ * NG_ESTATE by a thread other than the page's owner.
+ *
+ * Interpreter deletion unmaps every segment the interpreter still has, live blocks included
+ * (their owners' states are gone). Freeing such a block afterwards is undefined like free(3)
+ * after munmap(2) (the release build's ng_mi_free reads the unmapped segment header); the
+ * NG_MI_DEBUG checked free looks pointers up in a registry of mapped segments before it reads
+ * anything and returns NG_EINVAL, unless the address was mapped again since (then it is
+ * judged as a pointer into the new segment: NG_EINVAL or NG_ESTATE, or NG_OK when it is the
+ * start of a live block there, which no check can tell from a valid free). In NG_MI_DEBUG builds
  * ng_mi_heap_malloc always takes the out-of-line path, and ng_mi_heap_malloc_generic (so
  * every allocation) returns NULL with errno EPERM when the caller is not the heap's owner
  * thread (heap->thread_id != ng_thread_id()).
@@ -229,8 +249,10 @@ size_t ng_mi_usable_size(const void *p);
 int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p);
 void ng_mi_page_retire(ng_mi_page *page);
 
-/* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out),
- * NG_ESTATE (the block is already free). The memory is not touched on error. */
+/* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out, or
+ * its segment was unmapped), NG_ESTATE (the block is already free, or it is an object-heap
+ * block of the caller's own heap whose state is not attached; see the header comment). The
+ * memory is not touched on error. */
 int ng_mi_free_checked(void *p);
 
 /* Frees a block of any heap from any thread. NULL is ignored. NG_OK (see the header comment
@@ -270,11 +292,15 @@ typedef bool ng_mi_visit_fn(void *block, size_t block_size, void *arg);
 
 /* Visits every live block of `heap` (other threads' frees not yet collected count as live
  * unless the caller is the owner, who collects first). The owner may call it; any other
- * thread only while it has stopped the world of the heap's interpreter. The callback must
- * not allocate from or free into this heap. NG_OK, NG_EWRONGTHREAD, NG_EINVAL. */
+ * thread only while it is the one that stopped the world of the heap's interpreter
+ * (NG_EWRONGTHREAD otherwise, also while another thread holds the world stopped: that
+ * thread may be walking or restarting). Other threads' frees meanwhile are read with
+ * atomics; the owner must not free into an object heap while detached (header comment). The
+ * callback must not allocate from or free into this heap. NG_OK, NG_EWRONGTHREAD, NG_EINVAL. */
 int ng_mi_heap_visit(ng_mi_heap *heap, ng_mi_visit_fn *fn, void *arg);
 /* Visits the live blocks of kind `kind` in the interpreter's abandoned pool. The caller must
- * have stopped the world of `interp` (ng_stop_the_world): NG_ESTATE otherwise. */
+ * be the thread that stopped the world of `interp` (ng_stop_the_world): NG_ESTATE otherwise,
+ * also while another thread holds it stopped. */
 int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_fn *fn,
                           void *arg);
 
