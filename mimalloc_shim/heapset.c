@@ -1,5 +1,18 @@
 /* Heap sets and the thread-state/interpreter life cycle: lazy creation, the extension hooks
- * (state cleared, fork child, interpreter freed) and the per-interpreter data. */
+ * (state cleared, fork child, interpreter freed), the per-interpreter data and fork(3).
+ *
+ * fork(3): threads without a state, or detached, may be inside a critical section of an
+ * interpreter's `lock` or of the segment registry's at the moment of the fork, halfway
+ * through a list update; resetting the lock in the child (all it did before) left the child
+ * with that half-done list. So the allocator's own pthread_atfork handlers take every such
+ * lock before the fork and release them after it (in the child: re-initialise them, their
+ * holder is the forking thread). They must run after the thread-state layer's prepare
+ * handler (csrc/fork.c), which stops every world first: an attached thread waiting for one of
+ * these locks never reaches the checkpoint that stops it, so taking them before the stop could
+ * deadlock, and taking them after it waits only for critical sections that never suspend.
+ * Prepare handlers run in the reverse order of registration, hence the constructor priority
+ * below (ours is registered before csrc/fork.c's default-priority one); the child handlers
+ * run in registration order, ours first, before the hooks that look at the heaps. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -20,6 +33,42 @@ static const ng_ext_hooks hooks = {
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+/* Every ng_mi_interp (proc_next), for the fork handlers. Lock order: proc_lock, then an
+ * interpreter's lock, then the registry's. */
+static ng_raw_mutex proc_lock;
+static ng_mi_interp *proc_all;
+
+static void prepare_fork(void)
+{
+    ng_raw_mutex_lock(&proc_lock);
+    for (ng_mi_interp *mi = proc_all; mi != NULL; mi = mi->proc_next)
+        ng_mi_interp_lock(mi);
+    ng_mi_registry_lock_for_fork();
+}
+
+static void parent_after_fork(void)
+{
+    ng_mi_registry_unlock();
+    for (ng_mi_interp *mi = proc_all; mi != NULL; mi = mi->proc_next)
+        ng_mi_interp_unlock(mi);
+    ng_raw_mutex_unlock(&proc_lock);
+}
+
+static void child_after_fork(void)
+{
+    /* The forking thread holds them all; it is the only thread here. */
+    ng_mi_registry_after_fork();
+    for (ng_mi_interp *mi = proc_all; mi != NULL; mi = mi->proc_next)
+        mi->lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
+    proc_lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
+}
+
+/* Priority 101 (the first one available to programs): see the header comment. */
+__attribute__((constructor(101))) static void register_fork_handlers(void)
+{
+    pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
+}
 static int ext_index = -1;
 
 static void init(void)
@@ -56,12 +105,18 @@ static ng_mi_interp *interp_data(ng_interp *interp, int idx)
     if (fresh == NULL)
         return NULL;
     fresh->interp = interp;
-    fresh->pid = getpid();
     void *expected = NULL;
     /* Acq-rel: release publishes the initialised struct; acquire (on failure too) makes the
      * winner's visible to us. */
-    if (ng_atomic_cas(&interp->ext[idx], &expected, fresh, NG_ACQ_REL, NG_ACQUIRE))
+    if (ng_atomic_cas(&interp->ext[idx], &expected, fresh, NG_ACQ_REL, NG_ACQUIRE)) {
+        ng_raw_mutex_lock(&proc_lock);
+        fresh->proc_next = proc_all;
+        if (proc_all != NULL)
+            proc_all->proc_prev = fresh;
+        proc_all = fresh;
+        ng_raw_mutex_unlock(&proc_lock);
         return fresh;
+    }
     free(fresh);
     return expected;
 }
@@ -124,18 +179,6 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out)
     return NG_OK;
 }
 
-/* In the child of fork() only the forking thread exists: a lock a dead thread held is
- * re-initialised the first time this process looks at it. */
-static void fork_reinit(ng_mi_interp *mi)
-{
-    pid_t pid = getpid();
-    if (mi->pid != pid) {
-        mi->lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
-        mi->pid = pid;
-        ng_mi_registry_after_fork();
-    }
-}
-
 static void hook_tstate_clear(ng_tstate *ts, int index)
 {
     ng_mi_thread *t = ts->ext[index];
@@ -143,8 +186,6 @@ static void hook_tstate_clear(ng_tstate *ts, int index)
         return;
     /* A state cleared on another thread is a fork child's dead thread (the hook contract). */
     bool fork_child = t->thread_id != ng_thread_id();
-    if (fork_child)
-        fork_reinit(t->mi);
     ng_mi_thread_abandon(t, fork_child);
     ts->ext[index] = NULL;
 }
@@ -154,7 +195,7 @@ static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int in
     ng_mi_interp *mi = interp->ext[index];
     if (mi == NULL)
         return;
-    fork_reinit(mi);
+    /* The locks were re-initialised by child_after_fork, which ran before this hook. */
     /* A freer that died between USE -> FREEING and FREEING -> NORMAL left the state behind:
      * nobody would ever end it, and the survivor's own pages would wait for it forever. Its
      * block is either on the heap's delayed list already or lost (a leak, not a fault). */
@@ -195,6 +236,14 @@ static void hook_interp_free(ng_interp *interp, int index)
     }
     while (mi->all != NULL)
         ng_mi_segment_unmap(mi, mi->all);
+    ng_raw_mutex_lock(&proc_lock);
+    if (mi->proc_prev != NULL)
+        mi->proc_prev->proc_next = mi->proc_next;
+    else
+        proc_all = mi->proc_next;
+    if (mi->proc_next != NULL)
+        mi->proc_next->proc_prev = mi->proc_prev;
+    ng_raw_mutex_unlock(&proc_lock);
     interp->ext[index] = NULL;
     free(mi);
 }

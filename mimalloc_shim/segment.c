@@ -127,6 +127,7 @@ bool ng_mi_registry_lock_lookup(const ng_mi_segment *s)
 }
 
 void ng_mi_registry_unlock(void) { ng_raw_mutex_unlock(&reg_lock); }
+void ng_mi_registry_lock_for_fork(void) { ng_raw_mutex_lock(&reg_lock); }
 
 #ifdef NG_MI_DEBUG
 void ng_mi_debug_mark_live(ng_mi_page *page, void *p)

@@ -38,7 +38,9 @@
  * interpreter's abandoned pool, from which any thread of that interpreter reclaims them
  * (needing a page, or in ng_mi_heap_collect with force); empty ones go back to the kernel.
  * In the child of fork() the surviving thread adopts the segments of threads that did not
- * survive. When the interpreter's last reference goes, every segment it still owns is unmapped.
+ * survive; fork(3) itself waits (after the thread-state layer has stopped every world) for
+ * threads without an attached state that are inside one of the allocator's short critical
+ * sections, so the child never sees a list they had half updated. When the interpreter's last reference goes, every segment it still owns is unmapped.
  *
  * Errors: allocation failure (the kernel refuses a mapping, or the size overflows) returns
  * NULL with errno ENOMEM, never aborts. Compiled with NG_MI_DEBUG defined (the sanitizer
