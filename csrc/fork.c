@@ -11,15 +11,29 @@
  * queues) are the library's, so it prepares them itself: before the fork it stops every
  * interpreter's world and takes their locks; the parent releases them; the child resets them
  * and drops the states of threads that do not exist there (interp.c tells the details).
+ *
+ * Extensions (ng_ext_hooks in nogil/tstate.h: the page allocator) hear about the fork here
+ * too, at the points that header documents: their before_fork after the stops (their locks
+ * may be waited for by attached threads, which the stops park first), their parent hooks
+ * before the worlds restart, and their child resets before the layer clears the dead
+ * threads' states (whose tstate_clear takes those locks again).
  */
 #include <pthread.h>
 
 #include "internal.h"
 #include "tstate_internal.h"
 
-static void prepare_fork(void) { ng_tstate_layer_before_fork(); }
+static void prepare_fork(void)
+{
+    ng_tstate_layer_before_fork();
+    ng_ext_before_fork();
+}
 
-static void parent_after_fork(void) { ng_tstate_layer_after_fork_parent(); }
+static void parent_after_fork(void)
+{
+    ng_ext_after_fork_parent();
+    ng_tstate_layer_after_fork_parent();
+}
 
 static void child_after_fork(void)
 {
@@ -27,7 +41,9 @@ static void child_after_fork(void)
     /* The child is a new address space: register it for membarrier (or fall back to CAS
      * unlocks while it still has a single thread, before anyone can depend on the mode). */
     ng_park_announce_init();
-    /* After the parking lot forgot the dead waiters: this re-initialises locks. */
+    /* After the parking lot forgot the dead waiters: these re-initialise locks, the
+     * extensions' first because the layer's reset calls their tstate_clear. */
+    ng_ext_after_fork_child_reset();
     ng_tstate_layer_after_fork_child();
 }
 

@@ -157,6 +157,10 @@ void ng_tstate_after_fork_child(ng_interp *interp);
 /* ext.c: run the registered extensions' hooks (see ng_ext_hooks in nogil/tstate.h). */
 void ng_ext_clear_tstate(ng_tstate *ts);
 void ng_ext_after_fork_child(ng_interp *interp, ng_tstate *survivor);
+/* fork.c's pthread_atfork handlers: the process-wide fork hooks, in the documented order. */
+void ng_ext_before_fork(void);
+void ng_ext_after_fork_parent(void);
+void ng_ext_after_fork_child_reset(void);
 void ng_ext_interp_free(ng_interp *interp);
 /* Child of fork(): resets the stop-the-world and GIL bookkeeping of `interp`. */
 void ng_stw_after_fork_child(ng_interp *interp);

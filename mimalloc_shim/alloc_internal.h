@@ -8,7 +8,7 @@
  *    stores by that single writer.
  *  - ng_mi_interp (interp->ext[i]) is shared: its lists are under `lock` (an ng_raw_mutex:
  *    short critical sections that never suspend, so a thread that stopped the world can take
- *    it, spec R9, and so can the fork(3) prepare handler, after the stops: heapset.c).
+ *    it, spec R9, and so can the before_fork hook, after the stops: heapset.c).
  *  - page->thread_free and heap data's thread_delayed_free are the only words written by
  *    arbitrary threads (see page.c for the state machine in thread_free's low bits).
  */
@@ -128,7 +128,7 @@ typedef struct ng_mi_interp {
     uint64_t segments_abandoned;
     uint64_t mmap_failures;         /* those not attributable to a live heap */
     ng_mi_counters dead;            /* counters of heap sets that went away (under lock) */
-    /* Every ng_mi_interp of the process, for the fork handlers (heapset.c's proc_lock). */
+    /* Every ng_mi_interp of the process, for the fork hooks (heapset.c's proc_lock). */
     struct ng_mi_interp *proc_prev, *proc_next;
 } ng_mi_interp;
 
@@ -221,8 +221,8 @@ void ng_mi_seglist_remove(ng_mi_segment **head, ng_mi_segment *s);
 /* The registry of every mapped segment of the process (checked frees). */
 bool ng_mi_registry_lock_lookup(const ng_mi_segment *s); /* returns with the lock held */
 void ng_mi_registry_unlock(void);
-/* fork(3): the prepare handler takes the registry lock (ng_mi_registry_unlock releases it);
- * the child re-initialises it. */
+/* fork(3): the before_fork hook takes the registry lock (ng_mi_registry_unlock releases it);
+ * the child's reset hook re-initialises it (ng_mi_registry_after_fork). */
 void ng_mi_registry_lock_for_fork(void);
 void ng_mi_registry_after_fork(void);
 #ifdef NG_MI_DEBUG

@@ -1,18 +1,16 @@
 /* Heap sets and the thread-state/interpreter life cycle: lazy creation, the extension hooks
- * (state cleared, fork child, interpreter freed), the per-interpreter data and fork(3).
+ * (state cleared, fork, interpreter freed), the per-interpreter data.
  *
  * fork(3): threads without a state, or detached, may be inside a critical section of an
  * interpreter's `lock` or of the segment registry's at the moment of the fork, halfway
- * through a list update; resetting the lock in the child (all it did before) left the child
- * with that half-done list. So the allocator's own pthread_atfork handlers take every such
- * lock before the fork and release them after it (in the child: re-initialise them, their
- * holder is the forking thread). They must run after the thread-state layer's prepare
- * handler (csrc/fork.c), which stops every world first: an attached thread waiting for one of
- * these locks never reaches the checkpoint that stops it, so taking them before the stop could
- * deadlock, and taking them after it waits only for critical sections that never suspend.
- * Prepare handlers run in the reverse order of registration, hence the constructor priority
- * below (ours is registered before csrc/fork.c's default-priority one); the child handlers
- * run in registration order, ours first, before the hooks that look at the heaps. */
+ * through a list update; resetting the lock in the child left the child with that half-done
+ * list. So the before_fork hook takes every such lock and the parent hook releases them; the
+ * child's reset hook re-initialises them (their holder is the forking thread, the child's
+ * only one) before the thread-state layer clears the dead threads' states, whose abandon
+ * takes them again. The extension layer calls before_fork after the thread-state layer has
+ * stopped every world: an attached thread waiting for one of these locks never reaches the
+ * checkpoint that stops it, so taking them before the stops could deadlock; after them, the
+ * wait is only for critical sections that never suspend (ng_ext_hooks documents the order). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -25,21 +23,27 @@
 static void hook_tstate_clear(ng_tstate *ts, int index);
 static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int index);
 static void hook_interp_free(ng_interp *interp, int index);
+static void hook_before_fork(int index);
+static void hook_after_fork_parent(int index);
+static void hook_after_fork_child_reset(int index);
 
 static const ng_ext_hooks hooks = {
     .tstate_clear = hook_tstate_clear,
     .after_fork_child = hook_after_fork_child,
     .interp_free = hook_interp_free,
+    .before_fork = hook_before_fork,
+    .after_fork_parent = hook_after_fork_parent,
+    .after_fork_child_reset = hook_after_fork_child_reset,
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-/* Every ng_mi_interp (proc_next), for the fork handlers. Lock order: proc_lock, then an
+/* Every ng_mi_interp (proc_next), for the fork hooks. Lock order: proc_lock, then an
  * interpreter's lock, then the registry's. */
 static ng_raw_mutex proc_lock;
 static ng_mi_interp *proc_all;
 
-static void prepare_fork(void)
+static void hook_before_fork(int index)
 {
     ng_raw_mutex_lock(&proc_lock);
     for (ng_mi_interp *mi = proc_all; mi != NULL; mi = mi->proc_next)
@@ -47,7 +51,7 @@ static void prepare_fork(void)
     ng_mi_registry_lock_for_fork();
 }
 
-static void parent_after_fork(void)
+static void hook_after_fork_parent(int index)
 {
     ng_mi_registry_unlock();
     for (ng_mi_interp *mi = proc_all; mi != NULL; mi = mi->proc_next)
@@ -55,7 +59,7 @@ static void parent_after_fork(void)
     ng_raw_mutex_unlock(&proc_lock);
 }
 
-static void child_after_fork(void)
+static void hook_after_fork_child_reset(int index)
 {
     /* The forking thread holds them all; it is the only thread here. */
     ng_mi_registry_after_fork();
@@ -64,11 +68,6 @@ static void child_after_fork(void)
     proc_lock = (ng_raw_mutex)NG_RAW_MUTEX_INIT;
 }
 
-/* Priority 101 (the first one available to programs): see the header comment. */
-__attribute__((constructor(101))) static void register_fork_handlers(void)
-{
-    pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
-}
 static int ext_index = -1;
 
 static void init(void)
@@ -106,17 +105,21 @@ static ng_mi_interp *interp_data(ng_interp *interp, int idx)
         return NULL;
     fresh->interp = interp;
     void *expected = NULL;
-    /* Acq-rel: release publishes the initialised struct; acquire (on failure too) makes the
-     * winner's visible to us. */
-    if (ng_atomic_cas(&interp->ext[idx], &expected, fresh, NG_ACQ_REL, NG_ACQUIRE)) {
-        ng_raw_mutex_lock(&proc_lock);
+    /* Published and listed under proc_lock together: a fork in between would have taken no
+     * lock of data another thread could already be updating under it. Acq-rel: release
+     * publishes the initialised struct; acquire (on failure too) makes the winner's visible
+     * to us. */
+    ng_raw_mutex_lock(&proc_lock);
+    bool won = ng_atomic_cas(&interp->ext[idx], &expected, fresh, NG_ACQ_REL, NG_ACQUIRE);
+    if (won) {
         fresh->proc_next = proc_all;
         if (proc_all != NULL)
             proc_all->proc_prev = fresh;
         proc_all = fresh;
-        ng_raw_mutex_unlock(&proc_lock);
-        return fresh;
     }
+    ng_raw_mutex_unlock(&proc_lock);
+    if (won)
+        return fresh;
     free(fresh);
     return expected;
 }
@@ -195,7 +198,7 @@ static void hook_after_fork_child(ng_interp *interp, ng_tstate *survivor, int in
     ng_mi_interp *mi = interp->ext[index];
     if (mi == NULL)
         return;
-    /* The locks were re-initialised by child_after_fork, which ran before this hook. */
+    /* The locks were re-initialised by hook_after_fork_child_reset, before the clears. */
     /* A freer that died between USE -> FREEING and FREEING -> NORMAL left the state behind:
      * nobody would ever end it, and the survivor's own pages would wait for it forever. Its
      * block is either on the heap's delayed list already or lost (a leak, not a fault). */

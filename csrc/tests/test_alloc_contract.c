@@ -126,8 +126,8 @@ static int fork_child_checks(ng_mi_interp *mi, ng_mi_heap *h)
 }
 
 /* The child used to re-initialise the interpreter's allocator lock and carry on with whatever
- * the holder had half done (a counter here, a list in real life). The allocator's own atfork
- * handlers now take the lock (after the thread-state layer has stopped the worlds) so the
+ * the holder had half done (a counter here, a list in real life). The allocator's before_fork
+ * hook now takes the lock (after the thread-state layer has stopped the worlds) so the
  * fork waits for the critical section to end. If the fork does not wait, the child sees the
  * half-done update whatever the timing; the sleep only gives the old code the chance to
  * show it. */

@@ -227,7 +227,42 @@ static inline bool ng_gil_enabled(const ng_interp *interp)
 /* A component that keeps data per thread state and per interpreter (the page allocator of
  * mimalloc_shim/) registers hooks once and gets an index i: ts->ext[i] and interp->ext[i] are
  * its own (NULL at creation). The hooks answer the two questions every structure must: what
- * happens when the owning thread goes away, and what happens in the child of fork(). */
+ * happens when the owning thread goes away, and what happens around fork(). Every hook may be
+ * NULL.
+ *
+ * fork(3), in the order the library's pthread_atfork handlers (csrc/fork.c) run them, with
+ * n extensions registered as 0..n-1:
+ *
+ *   prepare  the thread-state layer stops every interpreter's world (one the forking thread
+ *            stopped itself stays stopped) and takes its own locks (the interpreter list, the
+ *            QSBR, delayed-queue and head locks, the pools) and the registration lock; then
+ *            before_fork 0, 1, ..., n-1.
+ *   parent   after_fork_parent n-1, ..., 1, 0; then the layer releases its locks and restarts
+ *            the worlds it stopped.
+ *   child    the parking lot forgets the dead threads' waiters; after_fork_child_reset
+ *            n-1, ..., 1, 0; then the layer resets its structures and, interpreter by
+ *            interpreter, calls tstate_clear (0, ..., n-1) for each state of a thread that
+ *            did not survive, then after_fork_child 0, 1, ..., n-1.
+ *
+ * The three process-wide fork hooks (before_fork, after_fork_parent, after_fork_child_reset)
+ * run on the forking thread while every attached thread is suspended or detached, with the
+ * locks above held, so they:
+ *  - may take the extension's own locks whose holders never suspend, never wait for a lock of
+ *    the thread-state layer and never wait for an attached thread (ng_raw_mutex critical
+ *    sections): stateless and detached threads still run and leave such sections; a lock
+ *    whose holder can be suspended by a stop would deadlock the fork;
+ *  - must not allocate from the library's heaps (ng_mi_*: the page allocator's own
+ *    before_fork holds its locks from its turn until the parent or child hook, and they are
+ *    not recursive), nor create, attach, detach or release thread states, stop a world, take
+ *    a lock of the thread-state layer, or register an extension (all of these wait for locks
+ *    the forking thread holds); the C library's malloc is fine;
+ *  - cannot fail: an extension that cannot prepare must leave its child able to cope.
+ * Whatever before_fork takes, after_fork_parent gives back; in the child the forking thread
+ * is the only thread and the holder of all of it, and after_fork_child_reset re-initialises
+ * it (ng_*_at_fork_reinit for ng_mutex and friends, a fresh initialiser for raw mutexes)
+ * before anything of the child needs it: tstate_clear of the dead threads' states comes
+ * after. after_fork_child_reset must not look at interpreters or thread states (the layer has
+ * not reset them yet); after_fork_child may, and may allocate. */
 typedef struct ng_ext_hooks {
     /* A thread state goes away; called for every state whose ts->ext[i] is not NULL, exactly
      * once, and must leave it NULL:
@@ -240,11 +275,19 @@ typedef struct ng_ext_hooks {
     void (*tstate_clear)(ng_tstate *ts, int index);
     /* Child of fork(), once per interpreter, after the dead threads' states were cleared.
      * `survivor` is the forking thread's state in `interp` (its attached one, else any), or
-     * NULL when it has none there. Locks of the extension are to be re-initialised here. */
+     * NULL when it has none there. The extension's locks were re-initialised already
+     * (after_fork_child_reset). */
     void (*after_fork_child)(ng_interp *interp, ng_tstate *survivor, int index);
     /* The interpreter's last reference is gone (every state was freed): release
      * interp->ext[i] and whatever the claimed states' ext[i] still held. */
     void (*interp_free)(ng_interp *interp, int index);
+    /* fork(3), process-wide (see the order above): take what the child must not inherit half
+     * updated (locks of critical sections that threads without an attached state may be in). */
+    void (*before_fork)(int index);
+    /* Parent of fork(): give back what before_fork took. */
+    void (*after_fork_parent)(int index);
+    /* Child of fork(), before any state is cleared: re-initialise what before_fork took. */
+    void (*after_fork_child_reset)(int index);
 } ng_ext_hooks;
 
 /* Registers `hooks` (kept by pointer: static storage). Returns the index (>= 0), NG_EBUSY when
