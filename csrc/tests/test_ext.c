@@ -1,12 +1,14 @@
 /* Extension hooks (ng_ext_register in nogil/tstate.h): when a registered component hears that
  * a thread state goes away (release, thread exit, dead thread in a fork child), that a fork
- * child needs its data adopted, and that an interpreter's memory goes. */
+ * is coming, that a fork child needs its data adopted, and that an interpreter's memory goes. */
 #define _GNU_SOURCE
 
 #include <signal.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_helpers.h"
 #include "harness.h"
 #include "tstate_helpers.h"
 
@@ -205,4 +207,132 @@ TEST(ext_fork_child_clears_dead_threads_states_and_calls_the_fork_hook)
     CHECK_STATUS(ng_tstate_release(me), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
     ng_atomic_store(&watched, NULL, NG_SEQ_CST);
+}
+
+/* ---- The process-wide fork hooks: order ------------------------------------------------ */
+
+/* Two more extensions, registered one after the other, and a log they write at fork: two
+ * characters per call, the hook (B before_fork, P after_fork_parent, R after_fork_child_reset,
+ * X tstate_clear, C after_fork_child; b/p when the watched world was not stopped) and which
+ * extension (1 the early one, 2 the late one). Only the forking thread writes it, while
+ * fork_logging is set (other tests fork too). */
+static int early_index = -1, late_index = -1;
+static ng_interp *fork_watched;
+static int fork_logging;
+static char fork_log[64];
+static size_t fork_log_len;
+
+static void note(char hook, int index)
+{
+    if (!ng_atomic_load(&fork_logging, NG_SEQ_CST) || fork_log_len + 2 >= sizeof fork_log)
+        return;
+    char who = index == early_index ? '1' : index == late_index ? '2' : 0;
+    if (who == 0)
+        return;
+    fork_log[fork_log_len++] = hook;
+    fork_log[fork_log_len++] = who;
+    fork_log[fork_log_len] = 0;
+}
+
+/* Upper case when the watched interpreter's world is stopped (documented for both hooks). */
+static char stopped_or_not(char hook)
+{
+    return ng_world_stopped(fork_watched) ? hook : (char)(hook - 'A' + 'a');
+}
+
+static void log_before_fork(int index) { note(stopped_or_not('B'), index); }
+static void log_after_fork_parent(int index) { note(stopped_or_not('P'), index); }
+static void log_after_fork_child_reset(int index) { note('R', index); }
+
+static void log_clear(ng_tstate *ts, int index)
+{
+    note('X', index);
+    ts->ext[index] = NULL;
+}
+
+static void log_fork_child(ng_interp *interp, ng_tstate *survivor, int index)
+{
+    if (interp == fork_watched)
+        note('C', index);
+}
+
+/* Two objects with the same hooks: registration is by pointer. */
+#define LOGGING_HOOKS                                                                   \
+    {                                                                                   \
+        .tstate_clear = log_clear, .after_fork_child = log_fork_child,                  \
+        .before_fork = log_before_fork, .after_fork_parent = log_after_fork_parent,     \
+        .after_fork_child_reset = log_after_fork_child_reset,                           \
+    }
+static const ng_ext_hooks early_hooks = LOGGING_HOOKS;
+static const ng_ext_hooks late_hooks = LOGGING_HOOKS;
+
+/* A thread whose state carries data of both extensions until `done`. */
+static void *hold_logged_state(void *arg)
+{
+    struct holder *h = arg;
+    ng_tstate *ts = NULL;
+    if (CHECK_STATUS(ng_tstate_new(h->in, &ts), NG_OK))
+        ts->ext[early_index] = ts->ext[late_index] = ts;
+    ng_event_notify(&h->ready);
+    ng_event_wait(&h->done);
+    if (ts != NULL) {
+        ts->ext[early_index] = ts->ext[late_index] = NULL; /* no clear expected in the parent */
+        ng_tstate_release(ts);
+    }
+    return NULL;
+}
+
+/* The child sends its log through the pipe (write(2): no stdio after fork). */
+static int send_fork_log(void *fd)
+{
+    return write(*(int *)fd, fork_log, fork_log_len) == (ssize_t)fork_log_len ? 0 : 1;
+}
+
+static void check_log(const char *what, const char *got, const char *want)
+{
+    if (strcmp(got, want) != 0)
+        harness_fail(__FILE__, __LINE__, "%s: hooks ran as %s, want %s", what, got, want);
+}
+
+/* Registered 1 then 2: before_fork in that order once the world is stopped, the parent hooks
+ * in the reverse order before it restarts; in the child the resets in the reverse order
+ * before the dead thread's state is cleared, after_fork_child last, in registration order. */
+TEST(ext_fork_hooks_run_in_the_documented_order)
+{
+    if (early_index < 0) {
+        early_index = ng_ext_register(&early_hooks);
+        late_index = ng_ext_register(&late_hooks);
+    }
+    REQUIRE(early_index >= 0 && late_index > early_index);
+    TSTATE_SCENE(in, me);
+    struct holder h = {.in = in};
+    pthread_t t = spawn_thread(hold_logged_state, &h);
+    ng_event_wait(&h.ready);
+
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    fork_watched = in;
+    fork_log_len = 0;
+    fork_log[0] = 0;
+    ng_atomic_store(&fork_logging, 1, NG_SEQ_CST);
+    pid_t pid = fork_checks(send_fork_log, &fds[1]);
+    ng_atomic_store(&fork_logging, 0, NG_SEQ_CST);
+    close(fds[1]);
+    char child_log[sizeof fork_log] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (pid > 0 && got + 1 < sizeof child_log &&
+           (r = read(fds[0], child_log + got, sizeof child_log - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    REQUIRE(pid > 0);
+    check_child(pid, (const char *const[]){"the log reached the parent", NULL}, "fork hooks");
+
+    check_log("parent", fork_log, "B1B2P2P1");
+    check_log("child", child_log, "B1B2R2R1X1X2C1C2");
+
+    ng_event_notify(&h.done);
+    join_thread(t);
+    end_scene(in, me);
+    fork_watched = NULL;
 }
