@@ -260,3 +260,36 @@ func (ts *ThreadState) Pending() (items, bytes uint64) {
 	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&ts.c.delayed.items))),
 		atomic.LoadUint64((*uint64)(unsafe.Pointer(&ts.c.delayed.bytes)))
 }
+
+// SetDelayedCap turns on back-pressure: a thread state whose own queue of delayed work holds
+// more than bytes (the sizes passed to FreeDelayed and CallDelayed) waits at its next
+// Checkpoint until every entry it queued can run, and runs them (CallDelayed functions are
+// handed to the runner goroutine). While it waits it is detached: it holds back neither the
+// grace period it waits for nor a stop-the-world, and it gives up the GIL. The queue thus
+// stays below the cap plus what the state queues between two checkpoints, however slowly
+// other states report; the price is that the writer waits as long as an attached state
+// stalls (SetStallHandler reports that). Only Checkpoint waits; QuiescentState and
+// ProcessDelayed never do. Neither CPython nor liburcu bounds its queues this way.
+//
+// 0 turns it off, the default: queues are then bounded only by SetLimits' thresholds, which
+// ask for processing but never wait. The cap applies to each thread state separately, from
+// its next queued entry on. If the Interpreter is closed while a state waits, that Checkpoint
+// returns ErrClosed.
+func (in *Interpreter) SetDelayedCap(bytes uint64) error {
+	if err := in.check("SetDelayedCap"); err != nil {
+		return err
+	}
+	if st := C.ng_delayed_set_cap(in.c, C.uint64_t(bytes)); st != C.NG_OK {
+		return statusError("SetDelayedCap", st)
+	}
+	return nil
+}
+
+// DelayedCap returns the back-pressure cap set by SetDelayedCap (0: off) and how many
+// checkpoints have waited because of it.
+func (in *Interpreter) DelayedCap() (bytes, waits uint64, err error) {
+	if err := in.check("DelayedCap"); err != nil {
+		return 0, 0, err
+	}
+	return uint64(C.ng_delayed_cap(in.c)), uint64(C.ng_delayed_cap_waits(in.c)), nil
+}

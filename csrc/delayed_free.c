@@ -398,6 +398,18 @@ static void request_processing_if_due(ng_tstate *ts)
         ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
 }
 
+/* Over the back-pressure cap: raise NG_PENDING_DELAYED, so that the next checkpoint
+ * processes and, if the queue stays over the cap, waits (ng_delayed_checkpoint). */
+static void request_processing_if_over_cap(ng_tstate *ts)
+{
+    /* Relaxed: the cap is a tunable (a thread may see a change a few entries late), the
+     * byte count is this thread's own, and the pending bit is only tested to skip the RMW. */
+    uint64_t cap = ng_atomic_load(&ts->interp->delayed.cap, NG_RELAXED);
+    if (cap != 0 && ng_atomic_load(&ts->delayed.bytes, NG_RELAXED) > cap &&
+        (ng_atomic_load(&ts->pending, NG_RELAXED) & NG_PENDING_DELAYED) == 0)
+        ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
+}
+
 static int queue_entry(ng_tstate *ts, uint32_t kind, void *ptr, void *arg, size_t size)
 {
     int rc = check_attached(ts);
@@ -443,6 +455,7 @@ static int queue_entry(ng_tstate *ts, uint32_t kind, void *ptr, void *arg, size_
     c->entries[c->wr_idx++] = e;
     queue_note_push(q, &e);
     request_processing_if_due(ts);
+    request_processing_if_over_cap(ts);
 
     /* Safety valve: a full chunk is processed now, whatever the thresholds say. */
     if (c->wr_idx == NG_DELAYED_CHUNK_ENTRIES)
@@ -467,7 +480,42 @@ int ng_call_delayed(ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t size)
 
 /* ---- Processing ----------------------------------------------------------------------- */
 
-int ng_process_delayed(ng_tstate *ts)
+/* The goal of the newest entry of an own queue (0: none). An own queue's goals never
+ * decrease, so once it is reached every entry queued so far can run; after a barrier's
+ * splice they are only piecewise monotone, and reaching it may leave some entries for
+ * later, which only makes the back-pressure wait end early. */
+static uint64_t newest_goal(const ng_delayed_queue *q)
+{
+    const ng_delayed_chunk *t = q->tail;
+    if (t == NULL || t->wr_idx == t->rd_idx)
+        return 0;
+    return t->entries[t->wr_idx - 1].goal;
+}
+
+/* The back-pressure wait: detached, so that this thread holds back neither the grace period
+ * it waits for nor a stop-the-world, and gives up the GIL; then attached again (waiting
+ * while a stop-the-world is in progress). Nothing of the queue is touched while detached:
+ * the interpreter's deletion or a barrier may splice it meanwhile (both treat a detached
+ * state's queue as theirs). */
+static int wait_for_goal_detached(ng_tstate *ts, uint64_t goal)
+{
+    ng_qsbr_slot *slot = ts->qsbr;
+    /* Relaxed: a statistic. */
+    ng_atomic_fetch_add(&ts->interp->delayed.cap_waits, 1, NG_RELAXED);
+    ng_tstate_detach_to(ts, NG_TSTATE_DETACHED);
+    TORTURE_YIELD();
+    /* No time limit: the cap is a bound on memory, kept even while a reader stalls. Offline,
+     * the slot cannot be the one holding the goal back (NG_ESTATE is impossible), and it
+     * stays registered until this thread releases the state, as does the shared state
+     * (the thread state's reference keeps the interpreter's memory). */
+    int rc = ng_qsbr_wait(slot, goal, -1);
+    int err = ng_tstate_attach_unchecked(ts);
+    return err != NG_OK ? err : rc;
+}
+
+/* Processing, with the back-pressure wait when `may_wait` (the caller is at a checkpoint:
+ * it holds no references, and no entry of this thread is running). */
+static int process_delayed(ng_tstate *ts, bool may_wait)
 {
     int rc = check_attached(ts);
     if (rc != NG_OK)
@@ -495,6 +543,26 @@ int ng_process_delayed(ng_tstate *ts)
     int ran = process_own(ts, &unmet);
     ran = add_sat_int(ran, interp_drain(interp, ts->qsbr, false));
 
+    /* Over the cap with entries still waiting: wait for the newest one's goal, then run them.
+     * Not from inside an entry (delayed_running): an outer processing loop of this thread
+     * would go on with a queue that the interpreter's deletion may have taken while we were
+     * detached. Relaxed loads: the cap is a tunable, the byte count our own. */
+    uint64_t cap = ng_atomic_load(&interp->delayed.cap, NG_RELAXED);
+    if (unmet != 0 && cap != 0 && ng_atomic_load(&ts->delayed.bytes, NG_RELAXED) > cap) {
+        uint64_t goal = newest_goal(&ts->delayed);
+        if (!may_wait || delayed_running != 0) {
+            /* Still over: the next checkpoint must wait, even if nothing is queued before. */
+            ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
+            return ran;
+        }
+        if (goal != 0) {
+            rc = wait_for_goal_detached(ts, goal);
+            if (rc != NG_OK)
+                return rc;
+            ran = add_sat_int(ran, process_own(ts, &unmet));
+        }
+    }
+
     /* An entry whose goal the write sequence has already passed waits only for the other
      * threads' next quiescent states: ask the next checkpoint to look again, so memory held
      * past a threshold does not wait for another threshold (R5). While some thread stays
@@ -502,6 +570,34 @@ int ng_process_delayed(ng_tstate *ts)
     if (unmet != 0 && NG_QSBR_LEQ(unmet, ng_qsbr_shared_current(&interp->qsbr)))
         ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
     return ran;
+}
+
+int ng_process_delayed(ng_tstate *ts) { return process_delayed(ts, false); }
+
+int ng_delayed_checkpoint(ng_tstate *ts) { return process_delayed(ts, true); }
+
+int ng_delayed_set_cap(ng_interp *interp, uint64_t bytes)
+{
+    int rc = ng_interp_check_live(interp);
+    if (rc != NG_OK)
+        return rc;
+    /* Relaxed: a tunable, read by each thread when it queues and at its checkpoints. */
+    ng_atomic_store(&interp->delayed.cap, bytes, NG_RELAXED);
+    return NG_OK;
+}
+
+uint64_t ng_delayed_cap(ng_interp *interp)
+{
+    if (ng_interp_check_live(interp) != NG_OK)
+        return 0;
+    return ng_atomic_load(&interp->delayed.cap, NG_RELAXED); /* a tunable */
+}
+
+uint64_t ng_delayed_cap_waits(ng_interp *interp)
+{
+    if (ng_interp_check_live(interp) != NG_OK)
+        return 0;
+    return ng_atomic_load(&interp->delayed.cap_waits, NG_RELAXED); /* a statistic */
 }
 
 /* ---- Hand-over and shutdown ----------------------------------------------------------- */

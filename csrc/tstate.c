@@ -533,7 +533,8 @@ int ng_tstate_checkpoint_slow(ng_tstate *ts)
     }
     /* Relaxed: should_process is set by this thread's own goal computations. */
     if ((bits & NG_PENDING_DELAYED) || ng_atomic_load(&ts->qsbr->should_process, NG_RELAXED)) {
-        int n = ng_process_delayed(ts);
+        /* With the back-pressure wait: a checkpoint holds no references. */
+        int n = ng_delayed_checkpoint(ts);
         if (n < 0)
             return n;
     }

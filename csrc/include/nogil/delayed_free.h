@@ -10,6 +10,15 @@
  * Thread exit: the queue is spliced onto the interpreter's queue, which the exiting thread (and
  * later any thread's processing, with a try-lock) drains (CPython's R6 fix). Fork: the child
  * adopts dead threads' queues through the same splice.
+ *
+ * Back-pressure (beyond CPython and liburcu, whose queues have no bound): with a cap set
+ * (ng_delayed_set_cap), a thread whose own queue holds more than `cap` accounted bytes after
+ * processing at a checkpoint waits there, detached, until the goal of its newest entry is
+ * reached, then runs what is due. Its queue thus stays below the cap plus what it queues
+ * between two checkpoints, however slowly the other threads report; the price is that the
+ * writer waits as long as a reader holds a grace period back (the stall detector reports
+ * that). Detached while it waits, it holds back neither grace periods nor stop-the-world,
+ * and it drops the GIL.
  */
 #ifndef NOGIL_DELAYED_FREE_H
 #define NOGIL_DELAYED_FREE_H
@@ -72,6 +81,8 @@ typedef struct ng_delayed_interp_queue {
     ng_mutex mutex;
     uint32_t has_work;     /* hint, relaxed */
     ng_delayed_queue queue;
+    uint64_t cap;          /* back-pressure cap in bytes per thread (0: off); relaxed */
+    uint64_t cap_waits;    /* checkpoints that waited because of it (statistics, relaxed) */
 } ng_delayed_interp_queue;
 
 /* Queue work on the calling thread's state `ts` (attached, bound to the calling thread).
@@ -86,8 +97,18 @@ int ng_call_delayed(struct ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t s
 
 /* Runs the entries whose goal is reached: the thread's own queue, then (try-lock) the
  * interpreter's. Clears should_process. Returns the number of entries run (>= 0) or a
- * negative status. Called by ng_tstate_checkpoint when should_process is set. */
+ * negative status. Never waits (the back-pressure wait is the checkpoint's). */
 int ng_process_delayed(struct ng_tstate *ts);
+
+/* Back-pressure cap: a thread whose own delayed queue holds more than `bytes` accounted bytes
+ * (the sizes passed when queueing) waits at its next checkpoint until its queue can run (see
+ * the top comment). 0 turns it off, the default: queues are then bounded only by the
+ * memory-aware thresholds, which ask for processing but never wait. Takes effect at each
+ * thread's next queueing. NG_OK, NG_EINVAL, NG_ERELEASED (deleted interpreter). */
+int ng_delayed_set_cap(struct ng_interp *interp, uint64_t bytes);
+/* The current cap (0: off, also for a bad interpreter) and how many checkpoints waited. */
+uint64_t ng_delayed_cap(struct ng_interp *interp);
+uint64_t ng_delayed_cap_waits(struct ng_interp *interp);
 
 /* Waits until every entry queued (by any thread of the interpreter) before the call has run
  * (entries already running elsewhere excepted). The caller must be attached and hold no
@@ -95,6 +116,12 @@ int ng_process_delayed(struct ng_tstate *ts);
  * quiescent state for it. NG_OK, NG_EBUSY (called from a delayed entry, or while the caller
  * has stopped the world), or a misuse status. */
 int ng_qsbr_barrier(struct ng_tstate *ts);
+
+/* Internal to the core (thread-state layer): the checkpoint's processing, ng_process_delayed
+ * plus the back-pressure wait. The caller (the checkpoint) holds no references into shared
+ * structures. NG_CANCELLED when the interpreter was deleted during the wait (the state stays
+ * detached: release it). */
+int ng_delayed_checkpoint(struct ng_tstate *ts);
 
 /* Internal to the core (thread-state layer): move `ts`'s queue to the interpreter's and process
  * it with `caller`'s slot (may be NULL: only splice). */
