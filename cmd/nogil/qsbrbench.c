@@ -99,6 +99,43 @@ int qb_quiescent_nogil(int64_t time_ns, int64_t *ops, int64_t *elapsed_ns)
     return err;
 }
 
+struct qb_floor {
+    ng_qsbr_shared shared; /* first: aligned to its padding */
+    ng_qsbr_slot *slot;
+};
+
+int qb_floor_new(void **handle, uint64_t **slot_seq, uint64_t **wr_seq)
+{
+    if (handle == NULL || slot_seq == NULL || wr_seq == NULL)
+        return EINVAL;
+    struct qb_floor *f = aligned_alloc(NG_QSBR_SLOT_ALIGN, sizeof(*f));
+    if (f == NULL)
+        return ENOMEM;
+    int st = ng_qsbr_init(&f->shared);
+    if (st == NG_OK)
+        st = ng_qsbr_reserve(&f->shared, &f->slot);
+    if (st != NG_OK) {
+        free(f);
+        return -st;
+    }
+    ng_qsbr_attach(f->slot);
+    *handle = f;
+    *slot_seq = &f->slot->seq;
+    *wr_seq = &f->shared.wr_seq;
+    return 0;
+}
+
+void qb_floor_free(void *handle)
+{
+    struct qb_floor *f = handle;
+    if (f == NULL)
+        return;
+    ng_qsbr_detach(f->slot);
+    ng_qsbr_unreserve(f->slot);
+    ng_qsbr_fini(&f->shared);
+    free(f);
+}
+
 /* ---- Grace-period latency ------------------------------------------------------------- */
 
 struct qb_grace {
@@ -343,9 +380,10 @@ static void *qb_delayed_writer(void *arg)
     return NULL;
 }
 
-int qb_delayed_nogil(int report_every, int64_t time_ns, qb_delayed_result *out)
+int qb_delayed_nogil(int report_every, int64_t time_ns, int64_t cap_bytes,
+                     qb_delayed_result *out)
 {
-    if (report_every < 1 || time_ns <= 0 || out == NULL)
+    if (report_every < 1 || time_ns <= 0 || cap_bytes < 0 || out == NULL)
         return EINVAL;
     if (qb_delayed_current != NULL)
         return EBUSY; /* one run at a time: the free callback finds its run through a global */
@@ -357,6 +395,8 @@ int qb_delayed_nogil(int report_every, int64_t time_ns, qb_delayed_result *out)
     d->current = qb_new_object(0);
     qb_delayed_current = d;
     int err = d->current == NULL ? ENOMEM : -ng_interp_new(&d->interp);
+    if (err == 0)
+        err = -ng_delayed_set_cap(d->interp, (uint64_t)cap_bytes);
     pthread_t reader;
     bool reader_started = false;
     if (err == 0) {

@@ -13,6 +13,7 @@ import (
 	"math"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -33,6 +34,9 @@ const (
 	implNogilC  = "nogil-c"
 	implNogilGo = "nogil-go"
 	implLiburcu = "liburcu"
+	// implGoFloor is a reference row, not an implementation: the Go loop of nogil-go with only
+	// the two atomic loads and the compare of a report that has nothing to write.
+	implGoFloor = "go-floor"
 )
 
 // liburcuNote tells how to get the liburcu rows when the tool was built without them.
@@ -44,7 +48,7 @@ type qsbrImpl struct {
 	name      string
 	quiescent func(d time.Duration) (ops int64, elapsed time.Duration, err error)
 	grace     func(readers, reportEvery int, d time.Duration, samples []int64) (int, error)
-	delayed   func(reportEvery int, d time.Duration) (delayedResult, error)
+	delayed   func(reportEvery int, capBytes int64, d time.Duration) (delayedResult, error)
 }
 
 // delayedResult is qb_delayed_result.
@@ -88,9 +92,9 @@ var nogilCImpl = &qsbrImpl{
 			(*C.int64_t)(unsafe.Pointer(&samples[0])), C.int64_t(len(samples)), &n))
 		return int(n), err
 	},
-	delayed: func(reportEvery int, d time.Duration) (delayedResult, error) {
+	delayed: func(reportEvery int, capBytes int64, d time.Duration) (delayedResult, error) {
 		var r C.qb_delayed_result
-		err := qbError(C.qb_delayed_nogil(C.int(reportEvery), C.int64_t(d.Nanoseconds()), &r))
+		err := qbError(C.qb_delayed_nogil(C.int(reportEvery), C.int64_t(d.Nanoseconds()), C.int64_t(capBytes), &r))
 		return delayedFromC(&r), err
 	},
 }
@@ -161,6 +165,48 @@ func quiescentGo(d time.Duration) (ops int64, elapsed time.Duration, err error) 
 	return ops, elapsed, err
 }
 
+// quiescentFloor measures the floor under nogil-go: the same loop doing only what a report
+// with nothing to write must do, the two sync/atomic loads of the C words (the slot's seq,
+// the shared wr_seq) and their compare, with no API around it (no liveness check, no error).
+// The difference to nogil-go is the API's cost; the difference to liburcu is Go's.
+func quiescentFloor(d time.Duration) (ops int64, elapsed time.Duration, err error) {
+	var handle unsafe.Pointer
+	var seqC, wrC *C.uint64_t
+	if err := qbError(C.qb_floor_new(&handle, &seqC, &wrC)); err != nil {
+		return 0, 0, err
+	}
+	defer C.qb_floor_free(handle)
+	seq, wr := (*uint64)(unsafe.Pointer(seqC)), (*uint64)(unsafe.Pointer(wrC))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // as Bind does for nogil-go
+		defer runtime.UnlockOSThread()
+		const batch = 1024
+		start := time.Now()
+		deadline := start.Add(d)
+		for {
+			for range batch {
+				if atomic.LoadUint64(seq) != atomic.LoadUint64(wr) {
+					floorReport(seq, wr)
+				}
+			}
+			ops += batch
+			if now := time.Now(); !now.Before(deadline) {
+				elapsed = now.Sub(start)
+				break
+			}
+		}
+	}()
+	<-done
+	return ops, elapsed, nil
+}
+
+// floorReport is the floor's report, never called while nobody advances.
+//
+//go:noinline
+func floorReport(seq, wr *uint64) { atomic.StoreUint64(seq, atomic.LoadUint64(wr)) }
+
 // pollCases are the poll measurements, by their JSON name, in table order.
 var pollCases = []struct {
 	name string
@@ -191,8 +237,13 @@ type qsbrbenchConfig struct {
 	readers     []int
 	slots       []int
 	reportEvery int
+	delayedCap  int64
 	format      string
 }
+
+// defaultDelayedCap is the back-pressure cap the delayed-free run gives nogil by default
+// (the library's default is off).
+const defaultDelayedCap = 256 << 10
 
 const (
 	maxQsbrReaders = 64
@@ -207,6 +258,7 @@ func parseQsbrbenchFlags(args []string, out io.Writer) (*qsbrbenchConfig, error)
 	readers := fs.String("readers", "1,2", "comma-separated `list` of reader counts for the grace-period latency")
 	slots := fs.String("slots", "1,64,1024,4096", "comma-separated `list` of registered slot counts for the poll cost")
 	every := fs.Int("report-every", C.QB_DEFAULT_REPORT_EVERY, "readers report a quiescent state every `n` reads")
+	delayedCap := fs.Int64("delayed-cap", defaultDelayedCap, "nogil's back-pressure cap (ng_delayed_set_cap) in `bytes` for the delayed-free run; 0: off")
 	format := fs.String("format", "text", "output `format`: text or json (one record per line)")
 	fs.Usage = func() {
 		w := fs.Output()
@@ -229,7 +281,8 @@ func parseQsbrbenchFlags(args []string, out io.Writer) (*qsbrbenchConfig, error)
 	if fs.NArg() > 0 {
 		return nil, usagef("unexpected argument %q", fs.Arg(0))
 	}
-	cfg := &qsbrbenchConfig{duration: *duration, rounds: *rounds, reportEvery: *every, format: *format}
+	cfg := &qsbrbenchConfig{duration: *duration, rounds: *rounds, reportEvery: *every, delayedCap: *delayedCap,
+		format: *format}
 	var err error
 	if cfg.readers, err = parseIntList(*readers, 0, maxQsbrReaders); err != nil {
 		return nil, usagef("--readers: %v", err)
@@ -245,6 +298,9 @@ func parseQsbrbenchFlags(args []string, out io.Writer) (*qsbrbenchConfig, error)
 	}
 	if cfg.reportEvery < 1 {
 		return nil, usagef("--report-every must be positive")
+	}
+	if cfg.delayedCap < 0 {
+		return nil, usagef("--delayed-cap must not be negative")
 	}
 	if cfg.format != "text" && cfg.format != "json" {
 		return nil, usagef("--format must be text or json, not %q", cfg.format)
@@ -329,7 +385,8 @@ func runQsbrbench(args []string, stdout, stderr io.Writer) error {
 	// 1. Quiescent-state cost: C rows (nogil and liburcu) and the Go row, alternating.
 	p.step("quiescent-state cost")
 	goImpl := &qsbrImpl{name: implNogilGo, quiescent: quiescentGo}
-	qImpls := append([]*qsbrImpl{nogilCImpl, goImpl}, impls[1:]...)
+	floor := &qsbrImpl{name: implGoFloor, quiescent: quiescentFloor}
+	qImpls := append([]*qsbrImpl{nogilCImpl, goImpl, floor}, impls[1:]...)
 	perOp := map[string][]float64{}
 	err = alternate(qImpls, cfg.rounds, func(impl *qsbrImpl) error {
 		ops, elapsed, err := impl.quiescent(perRound)
@@ -385,7 +442,7 @@ func runQsbrbench(args []string, stdout, stderr io.Writer) error {
 	rates := map[string][]float64{}
 	peaks := map[string]int64{}
 	err = alternate(impls, cfg.rounds, func(impl *qsbrImpl) error {
-		r, err := impl.delayed(cfg.reportEvery, perRound)
+		r, err := impl.delayed(cfg.reportEvery, cfg.delayedCap, perRound)
 		if err == nil && r.objects <= 0 {
 			err = fmt.Errorf("no object retired in %v", perRound)
 		}
@@ -402,6 +459,9 @@ func runQsbrbench(args []string, stdout, stderr io.Writer) error {
 	for _, impl := range impls {
 		params := map[string]any{"writers": 1, "readers": 1, "object_bytes": 64,
 			"report_every": cfg.reportEvery, "rounds": cfg.rounds}
+		if impl.name == implNogilC {
+			params["cap_bytes"] = cfg.delayedCap // the back-pressure setting; 0: off
+		}
 		res.add("delayed-free-throughput", impl.name, params, median(rates[impl.name]), "objects/s")
 		res.add("delayed-free-peak-pending", impl.name, params, float64(peaks[impl.name]), "bytes")
 	}
@@ -468,7 +528,7 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 	fmt.Fprintf(w, "quiescent-state cost: one online thread reports in a loop, nobody advances (median of rounds)\n\n")
 	tw := newTable(w)
 	tableRow(tw, 10, "impl", "ns/op", "vs liburcu", "target")
-	for _, impl := range []string{implNogilC, implNogilGo, implLiburcu} {
+	for _, impl := range []string{implNogilC, implNogilGo, implGoFloor, implLiburcu} {
 		v, ok := res.find("quiescent-state", impl, nil)
 		if !ok {
 			continue
@@ -477,13 +537,15 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 		if impl == implNogilC {
 			target = "<= 1.2x"
 		}
-		tableRow(tw, 10, impl, f2(v), vsURCU("quiescent-state", impl, v, nil, impl == implNogilC || impl == implNogilGo), target)
+		tableRow(tw, 10, impl, f2(v), vsURCU("quiescent-state", impl, v, nil, impl != implLiburcu), target)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "\nnogil-c: inline ng_qsbr_quiescent_state; nogil-go: ThreadState.QuiescentState (sync/atomic,\n")
-	fmt.Fprintf(w, "with its thread check); liburcu: inline urcu_qsbr_quiescent_state (_LGPL_SOURCE).\n\n")
+	fmt.Fprintf(w, "with its thread check); go-floor: reference, the nogil-go loop with only the two sync/atomic\n")
+	fmt.Fprintf(w, "loads of the same C words and their compare (no API); liburcu: inline urcu_qsbr_quiescent_state\n")
+	fmt.Fprintf(w, "(_LGPL_SOURCE).\n\n")
 
 	// Grace periods.
 	fmt.Fprintf(w, "grace-period latency: back-to-back grace periods, readers report every %d reads\n", cfg.reportEvery)
@@ -519,7 +581,13 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 	// Delayed free.
 	fmt.Fprintf(w, "\ndelayed-free: 1 writer replaces a shared 64-byte object and retires the old one, 1 reader\n")
 	fmt.Fprintf(w, "reports every %d reads; until every retired object is freed (nogil: ng_call_delayed +\n", cfg.reportEvery)
-	fmt.Fprintf(w, "checkpoint per object; liburcu: call_rcu + quiescent state per object, its call_rcu thread frees)\n\n")
+	fmt.Fprintf(w, "checkpoint per object; liburcu: call_rcu + quiescent state per object, its call_rcu thread frees)\n")
+	if cfg.delayedCap > 0 {
+		fmt.Fprintf(w, "nogil back-pressure cap: %d bytes (ng_delayed_set_cap: a checkpoint over it waits for its\n", cfg.delayedCap)
+		fmt.Fprintf(w, "queue's grace period; --delayed-cap 0 turns it off; liburcu has no such bound)\n\n")
+	} else {
+		fmt.Fprintf(w, "nogil back-pressure cap: off (--delayed-cap 0)\n\n")
+	}
 	tw = newTable(w)
 	tableRow(tw, 10, "impl", "objects/s", "vs liburcu", "target", "peak pending B", "vs liburcu", "target")
 	for _, impl := range []string{implNogilC, implLiburcu} {

@@ -20,6 +20,12 @@
 int qb_quiescent_nogil(int64_t time_ns, int64_t *ops, int64_t *elapsed_ns);
 int qb_quiescent_liburcu(int64_t time_ns, int64_t *ops, int64_t *elapsed_ns);
 
+/* The two words a quiescent-state report reads, for the Go floor row: a fresh shared state
+ * with one reserved slot, attached at the current sequence. Stores their addresses and a
+ * handle for qb_floor_free, which releases both. */
+int qb_floor_new(void **handle, uint64_t **slot_seq, uint64_t **wr_seq);
+void qb_floor_free(void *handle);
+
 /* Grace-period latency: `readers` threads each read a shared object in a loop and report a
  * quiescent state every `report_every` reads; a writer starts grace periods back to back for
  * about `time_ns` and times each from its start to the moment it is known to be over: nogil:
@@ -44,8 +50,10 @@ typedef struct qb_delayed_result {
  * checkpoint after each retirement; liburcu: call_rcu from an online thread that reports a
  * quiescent state after each one), while one reader reads the current object and reports
  * every `report_every` reads. Runs for about `time_ns`, then waits for every retired object
- * to be freed (ng_qsbr_barrier / rcu_barrier). */
-int qb_delayed_nogil(int report_every, int64_t time_ns, qb_delayed_result *out);
+ * to be freed (ng_qsbr_barrier / rcu_barrier). nogil's interpreter gets the back-pressure
+ * cap `cap_bytes` (ng_delayed_set_cap; 0: off, the library's default). */
+int qb_delayed_nogil(int report_every, int64_t time_ns, int64_t cap_bytes,
+                     qb_delayed_result *out);
 int qb_delayed_liburcu(int report_every, int64_t time_ns, qb_delayed_result *out);
 
 /* What qb_poll_nogil measures. */

@@ -31,7 +31,7 @@ var liburcuImpl = &qsbrImpl{
 			(*C.int64_t)(unsafe.Pointer(&samples[0])), C.int64_t(len(samples)), &n))
 		return int(n), err
 	},
-	delayed: func(reportEvery int, d time.Duration) (delayedResult, error) {
+	delayed: func(reportEvery int, _ int64, d time.Duration) (delayedResult, error) {
 		var r C.qb_delayed_result
 		err := qbError(C.qb_delayed_liburcu(C.int(reportEvery), C.int64_t(d.Nanoseconds()), &r))
 		return delayedFromC(&r), err

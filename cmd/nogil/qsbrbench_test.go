@@ -19,6 +19,7 @@ func TestQsbrbenchFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.duration != 500*time.Millisecond || cfg.rounds != 5 || cfg.reportEvery != 1000 || cfg.format != "text" ||
+		cfg.delayedCap != defaultDelayedCap ||
 		!slices.Equal(cfg.readers, []int{1, 2}) || !slices.Equal(cfg.slots, []int{1, 64, 1024, 4096}) {
 		t.Errorf("defaults %+v", cfg)
 	}
@@ -29,6 +30,7 @@ func TestQsbrbenchFlags(t *testing.T) {
 		{"--readers", "100"},
 		{"--slots", "0"},
 		{"--report-every", "0"},
+		{"--delayed-cap", "-1"},
 		{"--format", "xml"},
 		{"extra"},
 	} {
@@ -52,7 +54,7 @@ func TestQsbrbenchJSON(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 	urcu, _ := liburcuImplementation()
-	impls := map[string]bool{implNogilC: true, implNogilGo: true, implLiburcu: urcu != nil}
+	impls := map[string]bool{implNogilC: true, implNogilGo: true, implGoFloor: true, implLiburcu: urcu != nil}
 	seen := map[string]int{} // bench/impl -> records
 	sc := bufio.NewScanner(&stdout)
 	for sc.Scan() {
@@ -84,6 +86,7 @@ func TestQsbrbenchJSON(t *testing.T) {
 	want := map[string]int{
 		"quiescent-state/nogil-c":           1,
 		"quiescent-state/nogil-go":          1,
+		"quiescent-state/go-floor":          1,
 		"grace-period/nogil-c":              2, // mean and median
 		"delayed-free-throughput/nogil-c":   1,
 		"delayed-free-peak-pending/nogil-c": 1,
@@ -106,7 +109,8 @@ func TestQsbrbenchText(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 	out := stdout.String()
-	for _, s := range []string{"quiescent-state cost", "nogil-go", "grace-period latency", "delayed-free",
+	for _, s := range []string{"quiescent-state cost", "nogil-go", "go-floor", "grace-period latency", "delayed-free",
+		"back-pressure cap: 262144 bytes",
 		"poll cost", "fail (laggard hint)"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
