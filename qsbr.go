@@ -118,7 +118,8 @@ func (ts *ThreadState) report(wr uint64) {
 // Checkpoint is the safe point to call regularly from long-running attached code (CPython's
 // eval-breaker check): it reports a quiescent state, then handles what other threads asked
 // for, if anything: a stop-the-world (it waits for the restart), a GIL hand-over (it yields
-// the GIL), processing of its delayed work. The goroutine must hold no pointers into
+// the GIL), processing of its delayed work (with a back-pressure cap, Interpreter.SetDelayedCap,
+// waiting detached until that work can run). The goroutine must hold no pointers into
 // QSBR-protected memory across it. The state must be attached: ErrState otherwise.
 //
 // When there is nothing to report and nothing pending, it is four atomic loads inlined into
