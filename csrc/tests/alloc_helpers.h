@@ -1,4 +1,5 @@
-/* Helpers shared by the page allocator tests (test_alloc*.c). */
+/* Helpers shared by the page allocator tests (test_alloc*.c), on top of the thread-state
+ * tests' (tstate_helpers.h: new_interp, attached_state, TSTATE_SCENE, end_scene). */
 #ifndef NG_TEST_ALLOC_HELPERS_H
 #define NG_TEST_ALLOC_HELPERS_H
 
@@ -6,43 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "harness.h"
 #include "alloc_internal.h"
+#include "harness.h"
+#include "tstate_helpers.h" /* the interpreter and state of a scene, SANITIZED */
 
-/* Thread sanitizer runs these loops 5-10 times slower; its runs use smaller sizes. */
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define ALLOC_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define ALLOC_SANITIZED 1
-#endif
-#endif
-#ifndef ALLOC_SANITIZED
-#define ALLOC_SANITIZED 0
-#endif
-/* n in the optimised build, n / 4 (at least 1) under the sanitizers. */
-#define ALLOC_SCALED(n) (ALLOC_SANITIZED ? ((n) / 4 > 0 ? (n) / 4 : 1) : (n))
-
-static inline ng_interp *alloc_interp_new(void)
-{
-    ng_interp *in = NULL;
-    if (!CHECK_STATUS(ng_interp_new(&in), NG_OK))
-        return NULL;
-    return in;
-}
-
-/* A state for the calling thread, attached; NULL (failure recorded) otherwise. */
-static inline ng_tstate *alloc_state_attached(ng_interp *in)
-{
-    ng_tstate *ts = NULL;
-    if (!CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK))
-        return NULL;
-    if (!CHECK_STATUS(ng_tstate_attach(ts), NG_OK)) {
-        ng_tstate_release(ts);
-        return NULL;
-    }
-    return ts;
-}
+/* n in the optimised build, n / 4 (at least 1) under the sanitizers (slower loops, and ASan's
+ * shadow memory for every block). */
+#define ALLOC_SCALED(n) (SANITIZED ? ((n) / 4 > 0 ? (n) / 4 : 1) : (n))
 
 static inline ng_mi_heap *alloc_heap(ng_tstate *ts, ng_mi_heap_kind kind)
 {
@@ -52,14 +23,11 @@ static inline ng_mi_heap *alloc_heap(ng_tstate *ts, ng_mi_heap_kind kind)
     return h;
 }
 
-/* The usual scene of a test: an interpreter, the calling thread's attached state and one of
- * its heaps, declared under the given names; the test returns (failure recorded) when one of
- * them cannot be had. */
+/* The usual scene of a test: an interpreter, the calling thread's attached state
+ * (TSTATE_SCENE) and one of its heaps, declared under the given names; the test returns
+ * (failure recorded) when one of them cannot be had. end_scene ends it. */
 #define ALLOC_SCENE(in, ts, heap, kind)                                                 \
-    ng_interp *in = alloc_interp_new();                                                 \
-    REQUIRE(in != NULL);                                                                \
-    ng_tstate *ts = alloc_state_attached(in);                                           \
-    REQUIRE(ts != NULL);                                                                \
+    TSTATE_SCENE(in, ts);                                                               \
     ng_mi_heap *heap = alloc_heap(ts, kind);                                            \
     REQUIRE(heap != NULL)
 
@@ -135,7 +103,7 @@ typedef struct reader {
 static inline void *reader_main(void *arg)
 {
     reader *r = arg;
-    ng_tstate *ts = alloc_state_attached(r->in);
+    ng_tstate *ts = attached_state(r->in);
     if (ts == NULL) {
         ng_atomic_store(&r->ack, 3, NG_SEQ_CST);
         return NULL;

@@ -64,8 +64,7 @@ TEST(alloc_size_classes_cover_every_size_monotonically_and_aligned)
         ng_mi_free(p);
         ng_mi_free(q);
     }
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 typedef struct live_block {
@@ -75,10 +74,7 @@ typedef struct live_block {
 
 TEST(alloc_blocks_of_random_sizes_never_overlap)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     ng_mi_heap *heaps[NG_MI_HEAP_COUNT];
     for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
         heaps[k] = alloc_heap(ts, (ng_mi_heap_kind)k);
@@ -118,8 +114,7 @@ TEST(alloc_blocks_of_random_sizes_never_overlap)
         CHECK_EQ(st.blocks_in_use, 0);
         CHECK_EQ(st.pages_in_use, 0);
     }
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(alloc_large_and_huge_blocks_are_usable_and_unmapped_when_freed)
@@ -152,8 +147,7 @@ TEST(alloc_large_and_huge_blocks_are_usable_and_unmapped_when_freed)
     CHECK_EQ(after.segments, before.segments);
     CHECK_EQ(after.bytes_mapped, before.bytes_mapped);
     CHECK_EQ(alloc_heap_stats(mem).huge_blocks, 0);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 static bool realloc_kept(const uint8_t *r, int n)
@@ -196,8 +190,7 @@ TEST(alloc_calloc_zeroes_and_realloc_keeps_contents)
     CHECK(realloc_kept(r, 40));
     CHECK_STATUS(ng_mi_free(r), NG_OK);
     CHECK_STATUS(ng_mi_free(z), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Free lists ============================================================================= */
@@ -225,8 +218,7 @@ TEST(alloc_local_free_is_reused_by_the_owner)
     for (int i = 0; i < 200; i++)
         ng_mi_free(qs[i]);
     ng_mi_free(keep);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 typedef struct xfree_arg {
@@ -241,7 +233,7 @@ static void *xfree_main(void *p)
     xfree_arg *a = p;
     ng_tstate *ts = NULL;
     if (a->with_state)
-        ts = alloc_state_attached(a->in);
+        ts = attached_state(a->in);
     for (size_t i = a->from; i < a->to; i++)
         CHECK_STATUS(ng_mi_free(a->blocks[i]), NG_OK);
     if (ts != NULL)
@@ -289,8 +281,7 @@ TEST(alloc_cross_thread_frees_are_collected_and_reused)
         ng_mi_free(blocks[i]);
     ng_mi_free(keep);
     free(blocks);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(alloc_full_page_learns_about_foreign_frees)
@@ -344,8 +335,7 @@ TEST(alloc_full_page_learns_about_foreign_frees)
         ng_mi_free(more[i]);
     free(blocks);
     free(more);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Out of memory ============================================================================ */
@@ -372,8 +362,7 @@ TEST(alloc_mmap_failure_returns_enomem_and_recovers)
         CHECK(p != NULL);
         ng_mi_free(p);
     }
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Misuse =================================================================================== */
@@ -410,10 +399,7 @@ static void *visit_without_stop(void *p)
 
 TEST(alloc_misuse_gets_a_status)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     ng_mi_heap *h = NULL;
     CHECK_STATUS(ng_mi_heap_of(NULL, NG_MI_HEAP_MEM, &h), NG_EINVAL);
     CHECK_STATUS(ng_mi_heap_of(ts, (ng_mi_heap_kind)4, &h), NG_EINVAL);
@@ -568,6 +554,5 @@ TEST(alloc_visit_finds_exactly_the_live_blocks)
         ng_mi_free(s.blocks[i]);
     free(s.blocks);
     free(s.hit);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }

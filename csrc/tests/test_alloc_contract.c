@@ -45,7 +45,7 @@ typedef struct abandon_job {
 static void *allocate_and_leave(void *arg)
 {
     abandon_job *j = arg;
-    ng_tstate *ts = alloc_state_attached(j->in);
+    ng_tstate *ts = attached_state(j->in);
     if (ts == NULL)
         return NULL;
     ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
@@ -83,8 +83,7 @@ TEST(alloc_contract_only_the_stopper_walks_a_stopped_world)
     CHECK_EQ(n_heap, 1);
     CHECK_STATUS(ng_mi_free(aj.block), NG_OK);
     CHECK_STATUS(ng_mi_free(mine), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ---- fork(3) while a thread is inside the interpreter's critical section ------------------- */
@@ -150,8 +149,7 @@ TEST(alloc_contract_fork_waits_for_the_allocator_lock)
     CHECK(raw != -1 && WIFEXITED(raw));
     int child_bits = raw != -1 && WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     CHECK_EQ(child_bits, 0); /* 1: the half-done update, 2: the child could not allocate */
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* A freer that died between taking a full page's heap notification (DELAY_USE -> FREEING)
@@ -198,8 +196,7 @@ TEST(alloc_contract_fork_child_ends_a_dead_freers_transient_state)
     int child_bits = raw != -1 && WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     CHECK_EQ(child_bits, 0); /* 1: FREEING left behind, 2: the survivor's heap failed */
     CHECK_STATUS(ng_mi_free(b), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 #ifdef NG_MI_DEBUG
@@ -234,8 +231,7 @@ TEST(alloc_contract_detached_owner_object_free_is_refused)
     CHECK_STATUS(ng_mi_free(g), NG_OK);
     CHECK_STATUS(ng_mi_free(o), NG_ESTATE);
     CHECK_STATUS(ng_mi_free(g), NG_ESTATE);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* The race itself, for ThreadSanitizer: a thread's state is detached, another thread stops
@@ -253,7 +249,7 @@ typedef struct detached_owner {
 static void *detached_owner_main(void *arg)
 {
     detached_owner *d = arg;
-    ng_tstate *ts = alloc_state_attached(d->in);
+    ng_tstate *ts = attached_state(d->in);
     if (ts == NULL) {
         ng_atomic_store(&d->detached, 2, NG_SEQ_CST);
         return NULL;
@@ -284,8 +280,7 @@ static void *detached_owner_main(void *arg)
 
 TEST(alloc_contract_detached_owner_free_does_not_race_a_walk)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     detached_owner d = {in, NULL, 0, 0, 0, -1, -1};
     pthread_t t = spawn_thread(detached_owner_main, &d);
     SPIN_UNTIL(ng_atomic_load(&d.detached, NG_SEQ_CST) != 0);
@@ -345,8 +340,7 @@ TEST(alloc_contract_huge_double_free_after_unmap_is_a_double_free)
     else {
         CHECK_STATUS(ng_mi_free(b), NG_OK);
     }
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ---- Frees after the interpreter is gone ----------------------------------------------------- */
@@ -376,8 +370,7 @@ TEST(alloc_contract_free_after_interpreter_deletion_is_einval)
     void *waiting = ng_mi_heap_malloc(obj, NG_MI_LARGE_MAX + 8192);
     REQUIRE(waiting != NULL);
     CHECK_STATUS(ng_mi_free(waiting), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
     for (size_t i = 0; i < NB; i++)
         CHECK_STATUS(ng_mi_free(blocks[i]), NG_EINVAL);
     CHECK_STATUS(ng_mi_free(waiting), NG_ESTATE);

@@ -48,10 +48,7 @@ static bool all_distinct(void **v, size_t n)
  * thread_free a second time, so the owner later handed it out twice. */
 TEST(alloc_debug_double_free_by_another_thread)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     ng_mi_heap_kind kinds[] = {NG_MI_HEAP_MEM, NG_MI_HEAP_OBJECT};
     for (size_t k = 0; k < 2; k++) {
         ng_mi_heap *h = alloc_heap(ts, kinds[k]);
@@ -94,8 +91,7 @@ TEST(alloc_debug_double_free_by_another_thread)
             CHECK_STATUS(ng_mi_free(v[i]), NG_OK);
         CHECK_EQ(alloc_heap_stats(h).blocks_in_use, 0);
     }
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 typedef struct batch {
@@ -161,8 +157,7 @@ TEST(alloc_debug_racing_double_frees_one_winner)
     for (size_t i = 0; i < ROUND; i++)
         CHECK_STATUS(ng_mi_free(v[i]), NG_OK);
     free(v);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* Two threads race to free one huge block: one NG_OK. The other gets NG_ESTATE (object
@@ -171,12 +166,9 @@ TEST(alloc_debug_racing_double_frees_one_winner)
  * freed the segment twice. */
 TEST(alloc_debug_racing_huge_frees_one_winner)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     ng_mi_heap_kind kinds[] = {NG_MI_HEAP_MEM, NG_MI_HEAP_OBJECT};
-    int rounds = ALLOC_SANITIZED ? 100 : 300;
+    int rounds = SANITIZED ? 100 : 300;
     for (size_t k = 0; k < 2; k++) {
         ng_mi_heap *h = alloc_heap(ts, kinds[k]);
         REQUIRE(h != NULL);
@@ -206,8 +198,7 @@ TEST(alloc_debug_racing_huge_frees_one_winner)
         CHECK_EQ(alloc_heap_stats(h).huge_blocks, 0);
     }
     alloc_quiesce(ts);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* A thread allocates, frees one block itself, and goes away (its pages are abandoned). The
@@ -224,7 +215,7 @@ typedef struct abandon_job {
 static void *abandon_main(void *arg)
 {
     abandon_job *j = arg;
-    ng_tstate *ts = alloc_state_attached(j->in);
+    ng_tstate *ts = attached_state(j->in);
     if (ts == NULL)
         return NULL;
     ng_mi_heap *h = alloc_heap(ts, j->kind);
@@ -245,8 +236,7 @@ static void *abandon_main(void *arg)
 
 TEST(alloc_debug_double_free_after_abandon)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     ng_mi_heap_kind kinds[] = {NG_MI_HEAP_MEM, NG_MI_HEAP_OBJECT};
     for (int k = 0; k < 2; k++) {
         for (int rel = 0; rel < 2; rel++) {
@@ -265,7 +255,7 @@ TEST(alloc_debug_double_free_after_abandon)
             CHECK_STATUS(ng_mi_free(p), NG_ESTATE);
             CHECK_STATUS(free_elsewhere(p), NG_ESTATE);
             /* Reclaim the segment and allocate from it: every block handed out once. */
-            ng_tstate *ts = alloc_state_attached(in);
+            ng_tstate *ts = attached_state(in);
             REQUIRE(ts != NULL);
             ng_mi_heap *h = alloc_heap(ts, kinds[k]);
             REQUIRE(h != NULL);
@@ -318,8 +308,7 @@ TEST(alloc_debug_foreign_pointers_still_einval)
     CHECK_EQ(alloc_heap_stats(h).blocks_in_use, 2);
     CHECK_STATUS(ng_mi_free(p), NG_OK);
     CHECK_STATUS(ng_mi_free(big), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* Only the owner allocates: any other thread gets NULL with errno EPERM, whatever the size,
@@ -363,8 +352,7 @@ TEST(alloc_debug_wrong_thread_malloc_eperm)
     CHECK_EQ(after.blocks_in_use, before.blocks_in_use);
     CHECK_EQ(after.segments, before.segments);
     CHECK_STATUS(ng_mi_free(mine), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 #else /* !NG_MI_DEBUG */

@@ -6,10 +6,10 @@
 
 static void gating_scene(ng_mi_heap_kind kind)
 {
-    ng_interp *in = alloc_interp_new();
+    ng_interp *in = new_interp();
     if (in == NULL)
         return;
-    ng_tstate *ts = alloc_state_attached(in);
+    ng_tstate *ts = attached_state(in);
     ng_mi_heap *h = ts != NULL ? alloc_heap(ts, kind) : NULL;
     if (h == NULL)
         return;
@@ -100,8 +100,7 @@ static void gating_scene(ng_mi_heap_kind kind)
     reader_cmd(&r, 2, 3);
     join_thread(r.thread);
     free(blocks);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(alloc_qsbr_object_page_waits_for_the_reader_before_other_classes_get_it)
@@ -153,8 +152,7 @@ TEST(alloc_qsbr_same_class_reuses_a_waiting_page_without_touching_prefixes)
     free(blocks);
     reader_cmd(&r, 2, 3);
     join_thread(r.thread);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(alloc_qsbr_mem_pages_go_to_other_classes_at_once)
@@ -188,8 +186,7 @@ TEST(alloc_qsbr_mem_pages_go_to_other_classes_at_once)
     free(b2);
     reader_cmd(&r, 2, 3);
     join_thread(r.thread);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ---- R11 -------------------------------------------------------------------------------------- */
@@ -204,7 +201,7 @@ typedef struct foreign_free_arg {
 static void *foreign_free_main(void *p)
 {
     foreign_free_arg *a = p;
-    ng_tstate *ts = alloc_state_attached(a->in);
+    ng_tstate *ts = attached_state(a->in);
     for (size_t i = 0; i < a->n; i++)
         CHECK_STATUS(ng_mi_free(a->blocks[i]), NG_OK);
     if (ts != NULL) {
@@ -247,8 +244,7 @@ TEST(alloc_r11_deferred_full_pages_serve_their_class_and_memory_stays_flat)
     /* Pages stuck in the full queue would not cost a new segment yet, but more pages. */
     CHECK_LE(st.pages_in_use + st.pages_waiting, 8);
     CHECK_GE(st.pages_reused_same_class, (uint64_t)(cycles - 1) * 5);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
     free(blocks);
 }
 
@@ -260,11 +256,10 @@ static bool count_live(void *block, size_t size, void *arg)
 
 TEST(alloc_r11_goal_comes_from_the_owner_slot_and_visits_keep_it)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     /* Page memory never forces an advance here: the counters show whose slot paid. */
     ng_qsbr_set_limits(&in->qsbr, 0, 0, UINT64_C(1) << 40);
-    ng_tstate *ts = alloc_state_attached(in);
+    ng_tstate *ts = attached_state(in);
     REQUIRE(ts != NULL);
     ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
     REQUIRE(h != NULL);
@@ -293,8 +288,7 @@ TEST(alloc_r11_goal_comes_from_the_owner_slot_and_visits_keep_it)
     CHECK_EQ(alloc_heap_stats(h).pages_waiting, 0);
     CHECK_EQ(alloc_heap_stats(h).pages_released_after_goal, 1);
     free(blocks);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
@@ -332,8 +326,7 @@ TEST(alloc_qsbr_deferred_page_memory_forces_an_advance)
         ng_mi_free(blocks[0][j]);
     for (int i = 0; i < 4; i++)
         free(blocks[i]);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* The only page of a size class, once emptied, first stays in its class without a goal
@@ -380,6 +373,5 @@ TEST(alloc_qsbr_retire_delay_ends_in_a_goal_not_in_another_class)
     reader_cmd(&r, 2, 3);
     join_thread(r.thread);
     free(blocks);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }

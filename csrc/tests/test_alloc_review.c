@@ -5,10 +5,7 @@
  * bytes first, which wrapped to 0, and handed out a one-OS-page "block" for it. */
 TEST(alloc_review_huge_size_overflow_returns_enomem)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
-    ng_tstate *ts = alloc_state_attached(in);
-    REQUIRE(ts != NULL);
+    TSTATE_SCENE(in, ts);
     ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
     ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
     REQUIRE(mem != NULL && obj != NULL);
@@ -39,8 +36,7 @@ TEST(alloc_review_huge_size_overflow_returns_enomem)
     CHECK(ng_mi_heap_realloc(mem, q, SIZE_MAX - 3) == NULL);
     CHECK_EQ(errno, ENOMEM);
     ng_mi_free(q);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* Freed huge blocks of an object heap wait for a QSBR goal. A thread that only allocates and
@@ -64,8 +60,7 @@ TEST(alloc_review_huge_object_frees_do_not_pile_up)
     }
     /* A couple of 3 MiB segments in flight at most, not one per iteration. */
     CHECK_LE(most, (uint64_t)(4 * (4u << 20)));
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Statistics read while other threads allocate, free across threads and exit ============ */
@@ -92,7 +87,7 @@ static void *rs_worker_main(void *arg)
     uint64_t rng = w->seed | 1;
     for (int r = 0; r < w->rounds; r++) {
         /* A state per round: its heaps are abandoned at the end of each one. */
-        ng_tstate *ts = alloc_state_attached(s->in);
+        ng_tstate *ts = attached_state(s->in);
         if (ts == NULL)
             return NULL;
         ng_mi_heap *h[NG_MI_HEAP_COUNT];
@@ -141,14 +136,14 @@ TEST(alloc_review_stats_and_stateless_frees_race_with_exiting_threads)
 {
     rs_shared *s = calloc(1, sizeof *s);
     REQUIRE(s != NULL);
-    s->in = alloc_interp_new();
+    s->in = new_interp();
     REQUIRE(s->in != NULL);
     enum { T = 3 };
     pthread_t th[T], st;
     rs_worker w[T];
     st = spawn_thread(rs_stats_main, s);
     for (int t = 0; t < T; t++) {
-        w[t] = (rs_worker){s, (uint64_t)t * 7919 + 3, ALLOC_SANITIZED ? 3 : 6};
+        w[t] = (rs_worker){s, (uint64_t)t * 7919 + 3, SANITIZED ? 3 : 6};
         th[t] = spawn_thread(rs_worker_main, &w[t]);
     }
     for (int t = 0; t < T; t++)
@@ -156,7 +151,7 @@ TEST(alloc_review_stats_and_stateless_frees_race_with_exiting_threads)
     ng_atomic_store(&s->stop, 1, NG_RELEASE);
     join_thread(st);
     CHECK_EQ(ng_atomic_load(&s->bad, NG_SEQ_CST), 0);
-    ng_tstate *ts = alloc_state_attached(s->in);
+    ng_tstate *ts = attached_state(s->in);
     REQUIRE(ts != NULL);
     for (size_t i = 0; i < RS_SLOTS; i++)
         if (s->slots[i] != 0)
@@ -202,8 +197,7 @@ TEST(alloc_review_freed_huge_object_goes_when_a_fresh_page_is_needed)
     for (size_t i = 0; i < n; i++)
         ng_mi_free(blocks[i]);
     free(blocks);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* calloc of a huge block gets a fresh mapping, which the kernel zeroes on first touch: writing
@@ -234,6 +228,5 @@ TEST(alloc_review_huge_calloc_does_not_touch_the_fresh_mapping)
     CHECK(zero && p[size - 1] == 0);
     free(vec);
     CHECK_STATUS(ng_mi_free(p), NG_OK);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }

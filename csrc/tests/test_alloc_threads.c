@@ -51,7 +51,7 @@ static void *stress_main(void *arg)
 {
     stress_worker *w = arg;
     stress *s = w->s;
-    ng_tstate *ts = alloc_state_attached(s->in);
+    ng_tstate *ts = attached_state(s->in);
     if (ts == NULL)
         return NULL;
     ng_mi_heap *heaps[NG_MI_HEAP_COUNT];
@@ -87,10 +87,10 @@ TEST(alloc_threads_blocks_outlive_their_threads_and_are_reclaimed)
     uint64_t mapped_before = ng_atomic_load(&ng_mi_os_mapped_bytes, NG_SEQ_CST);
     stress *s = calloc(1, sizeof *s);
     REQUIRE(s != NULL);
-    s->in = alloc_interp_new();
+    s->in = new_interp();
     REQUIRE(s->in != NULL);
     enum { T = 4 };
-    int rounds = ALLOC_SANITIZED ? 4 : 8;
+    int rounds = SANITIZED ? 4 : 8;
     long iterations = ALLOC_SCALED(6000);
     uint64_t seed = 1;
     bool abandoned_seen = false;
@@ -113,7 +113,7 @@ TEST(alloc_threads_blocks_outlive_their_threads_and_are_reclaimed)
     CHECK_EQ(mid.blocks_in_use >= 1, true);
 
     /* A survivor frees what is left and adopts the rest of the pool. */
-    ng_tstate *ts = alloc_state_attached(s->in);
+    ng_tstate *ts = attached_state(s->in);
     REQUIRE(ts != NULL);
     size_t bad = 0;
     for (size_t i = 0; i < STRESS_SLOTS; i++) {
@@ -150,7 +150,7 @@ typedef struct leaver {
 static void *leaver_main(void *arg)
 {
     leaver *l = arg;
-    ng_tstate *ts = alloc_state_attached(l->in);
+    ng_tstate *ts = attached_state(l->in);
     if (ts == NULL)
         return NULL;
     ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
@@ -174,8 +174,7 @@ static void *leaver_main(void *arg)
 
 TEST(alloc_threads_reclaimed_waiting_page_keeps_its_goal)
 {
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     reader r;
     reader_start(&r, in); /* holds every goal back */
     leaver l = {.in = in};
@@ -188,7 +187,7 @@ TEST(alloc_threads_reclaimed_waiting_page_keeps_its_goal)
     CHECK_NE(l.waiting->qsbr_goal, 0); /* kept while abandoned (M2) */
     uint64_t goal = l.waiting->qsbr_goal;
 
-    ng_tstate *ts = alloc_state_attached(in);
+    ng_tstate *ts = attached_state(in);
     REQUIRE(ts != NULL);
     ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
     ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
@@ -232,15 +231,14 @@ TEST(alloc_threads_reclaimed_waiting_page_keeps_its_goal)
     free(l.waiting_blocks);
     reader_cmd(&r, 2, 3);
     join_thread(r.thread);
-    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, ts);
 }
 
 /* ==== Interpreter deletion ========================================================================== */
 
 static void *leave_everything(void *arg)
 {
-    ng_tstate *ts = alloc_state_attached(arg);
+    ng_tstate *ts = attached_state(arg);
     if (ts == NULL)
         return NULL;
     for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
@@ -257,8 +255,7 @@ static void *leave_everything(void *arg)
 TEST(alloc_threads_interpreter_deletion_unmaps_every_segment)
 {
     uint64_t before = ng_atomic_load(&ng_mi_os_mapped_bytes, NG_SEQ_CST);
-    ng_interp *in = alloc_interp_new();
-    REQUIRE(in != NULL);
+    INTERP_SCENE(in);
     alloc_run_thread(leave_everything, in);
     alloc_run_thread(leave_everything, in);
     ng_mi_stats st = alloc_interp_stats(in);
@@ -285,7 +282,7 @@ typedef struct fork_holder {
 static void *fork_holder_main(void *arg)
 {
     fork_holder *h = arg;
-    ng_tstate *ts = alloc_state_attached(h->in);
+    ng_tstate *ts = attached_state(h->in);
     if (ts == NULL) {
         ng_event_notify(&h->ready);
         return NULL;
@@ -399,6 +396,5 @@ TEST(alloc_threads_fork_child_adopts_dead_threads_segments)
         join_thread(th[t]);
     CHECK(alloc_check(own, 0, 64, 9));
     ng_mi_free(own);
-    CHECK_STATUS(ng_tstate_release(me), NG_OK);
-    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    end_scene(in, me);
 }
