@@ -24,10 +24,16 @@
 #define THREAD_SANITIZER 0
 #endif
 
-/* Either sanitizer (ASan keeps shadow memory for every block, TSan is slow). */
+/* Either sanitizer (ASan keeps shadow memory for every block, TSan is slow); gcc defines the
+ * __SANITIZE_ macros, clang answers __has_feature. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 #define SANITIZED 1
-#else
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
 #define SANITIZED 0
 #endif
 
