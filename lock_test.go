@@ -552,6 +552,40 @@ func TestMutexNoHandOffBeforeThreshold(t *testing.T) {
 	}
 }
 
+// A contended Lock yields to other goroutines before it parks its thread in C. With one P
+// the holder runs only when the waiter yields; then it unlocks, and the waiter takes the
+// mutex without a cgo call. A Lock that entered C at once (or spun without yielding) would
+// make one every time. The scheduler may interleave differently now and then (a GC, the race
+// detector's shuffling), so one success in 20 tries is enough.
+func TestMutexLockYieldsBeforeParking(t *testing.T) {
+	deadline(t, 30*time.Second)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	m := nogil.NewMutex()
+	closeOK(t, m)
+
+	withoutCgo := 0
+	for range 20 {
+		m.Lock()
+		calls := make(chan int64, 1)
+		go func() {
+			before := runtime.NumCgoCall()
+			m.Lock()
+			n := runtime.NumCgoCall() - before
+			m.Unlock()
+			calls <- n // after Unlock: the mutex is closed once the test ends
+		}()
+		runtime.Gosched() // the waiter runs until it yields inside Lock
+		m.Unlock()
+		if <-calls == 0 {
+			withoutCgo++
+		}
+	}
+	if withoutCgo == 0 {
+		t.Error("every contended Lock made a cgo call: it did not let the holder run first")
+	}
+	t.Logf("%d of 20 contended Locks took the mutex without a cgo call", withoutCgo)
+}
+
 // One mutex, one counter in C memory, incremented by C pthreads (ng_mutex_lock/unlock, non-
 // atomic increments in C) and by goroutines (Lock/Unlock, non-atomic increments in Go).
 func TestMutexMixedGoAndC(t *testing.T) {
