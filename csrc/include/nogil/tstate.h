@@ -167,8 +167,10 @@ int ng_tstate_attach(ng_tstate *ts);
 int ng_tstate_detach(ng_tstate *ts);
 
 /* The checkpoint (eval breaker): reports a quiescent state, then handles pending work (stop
- * requests, GIL drop requests, delayed frees). Cheap when nothing is pending. NG_OK or a misuse
- * status. */
+ * requests, GIL drop requests, delayed frees). Cheap when nothing is pending. With a delayed-free
+ * cap set (ng_delayed_set_cap) and the thread's queue over it, it waits detached for the queue's
+ * grace period (delayed_free.h). NG_OK, a misuse status, or after that wait the status of
+ * attaching again (the interpreter may have been deleted meanwhile). */
 int ng_tstate_checkpoint_slow(ng_tstate *ts);
 static inline int ng_tstate_checkpoint(ng_tstate *ts)
 {
