@@ -1,0 +1,75 @@
+package nogil
+
+/*
+#include "gobind.h"
+*/
+import "C"
+
+import "sync/atomic"
+
+// A QuiescentReporter is ThreadState.QuiescentState for hot loops: a small value that holds
+// the pointers the report reads, so that a loop keeps them in registers instead of reloading
+// them from the ThreadState on every call (Go does not hoist plain loads across atomic
+// ones). It is what C code does with the ng_qsbr_slot pointer it passes to the inline
+// ng_qsbr_quiescent_state. Take one with ThreadState.QuiescentReporter before the loop and
+// copy it freely; it keeps the ThreadState reachable.
+//
+// It reports for its ThreadState, with the same checks and errors. The zero value is not
+// usable: its QuiescentState returns ErrInvalid.
+type QuiescentReporter struct {
+	dead  *uint32 // ts.dead, nil in the zero value
+	seq   *uint64 // ts.seq
+	wrSeq *uint64 // ts.wrSeq
+	ts    *ThreadState
+}
+
+// QuiescentReporter returns a reporter for ts (see QuiescentReporter). It can be taken in
+// any state, even after Release: the checks happen when it reports.
+func (ts *ThreadState) QuiescentReporter() QuiescentReporter {
+	if ts == nil {
+		return QuiescentReporter{}
+	}
+	return QuiescentReporter{dead: ts.dead, seq: ts.seq, wrSeq: ts.wrSeq, ts: ts}
+}
+
+// ThreadState returns the thread state r reports for, nil for the zero value.
+func (r QuiescentReporter) ThreadState() *ThreadState { return r.ts }
+
+// QuiescentState is ThreadState.QuiescentState of r's thread state, with the same checks,
+// errors and relaxed goroutine check on the idle path: inlined, a call with nothing to write
+// is three atomic loads through r's pointers. On the zero value, ErrInvalid.
+//
+// The order of the loads, and what makes them safe, is that of ThreadState.idleOr: the
+// liveness word lives in the binding, which r's ThreadState keeps alive (r holds the
+// wrapper, whose cleanup drops the binding), so it may always be read; the slot and the
+// interpreter's sequence are read only once it says the state is live.
+func (r QuiescentReporter) QuiescentState() error {
+	return r.idleOr(reporterChecked)
+}
+
+// idleOr is the body of QuiescentState, with the checked path as a parameter only to stay
+// within the inlining budget (as for ThreadState.idleOr).
+func (r QuiescentReporter) idleOr(slow func(*ThreadState) error) error {
+	if !raceEnabled {
+		if d := r.dead; d != nil {
+			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
+				if atomic.LoadUint64(r.seq) == atomic.LoadUint64(r.wrSeq) {
+					return nil
+				}
+			}
+		}
+	}
+	return slow(r.ts)
+}
+
+// reporterChecked is the checked path of QuiescentReporter.QuiescentState. It takes only the
+// ThreadState so that the inlined call passes one register.
+//
+//go:noinline
+func reporterChecked(ts *ThreadState) error {
+	if ts == nil {
+		return &threadError{"QuiescentState", "zero QuiescentReporter; get one from " +
+			"ThreadState.QuiescentReporter", ErrInvalid}
+	}
+	return ts.quiescentChecked()
+}
