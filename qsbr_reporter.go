@@ -39,17 +39,38 @@ func (r QuiescentReporter) ThreadState() *ThreadState { return r.ts }
 // errors and relaxed goroutine check on the idle path: inlined, a call with nothing to write
 // is three atomic loads through r's pointers. On the zero value, ErrInvalid.
 //
+// A loop that tests the error pays for it: the inlined nil and the checked path's error
+// meet before the caller's test, which costs a second taken branch per call (Go does not
+// thread that jump for interface values). Report and Err do not have that cost.
+func (r QuiescentReporter) QuiescentState() error {
+	return r.idleOrErr(reporterChecked)
+}
+
+// Report is QuiescentState returning whether it succeeded, for the hottest loops: the test
+// of its bool folds into the inlined branches, so a call with nothing to write costs the
+// three loads and one not-taken branch each, like C's report. After false, Err says why.
+func (r QuiescentReporter) Report() bool {
+	return r.idleOrOK(reportChecked)
+}
+
+// Err is the error of a Report that returned false, found by running the checked report
+// again: for the bound goroutine the cause stays (a released, detached or closed state
+// stays so until it acts). From another goroutine, it is ErrWrongThread, or nil if the
+// owner has reported meanwhile. Like QuiescentState, it reports if it can. Keep it out of
+// the loop's fast path: it is a call.
+func (r QuiescentReporter) Err() error { return reporterChecked(r.ts) }
+
+// idleOrErr and idleOrOK take the checked path as a parameter only to stay within the
+// inlining budget (as ThreadState.idleOr does). They return without it while r's state is
+// live and its slot holds the current write sequence (nothing to write); race builds always
+// take it, so that every call is checked. They spell the same nested ifs out rather than
+// share a bool helper: the bool's test would not fold into the caller's.
+//
 // The order of the loads, and what makes them safe, is that of ThreadState.idleOr: the
 // liveness word lives in the binding, which r's ThreadState keeps alive (r holds the
 // wrapper, whose cleanup drops the binding), so it may always be read; the slot and the
 // interpreter's sequence are read only once it says the state is live.
-func (r QuiescentReporter) QuiescentState() error {
-	return r.idleOr(reporterChecked)
-}
-
-// idleOr is the body of QuiescentState, with the checked path as a parameter only to stay
-// within the inlining budget (as for ThreadState.idleOr).
-func (r QuiescentReporter) idleOr(slow func(*ThreadState) error) error {
+func (r QuiescentReporter) idleOrErr(slow func(*ThreadState) error) error {
 	if !raceEnabled {
 		if d := r.dead; d != nil {
 			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
@@ -62,8 +83,21 @@ func (r QuiescentReporter) idleOr(slow func(*ThreadState) error) error {
 	return slow(r.ts)
 }
 
-// reporterChecked is the checked path of QuiescentReporter.QuiescentState. It takes only the
-// ThreadState so that the inlined call passes one register.
+func (r QuiescentReporter) idleOrOK(slow func(*ThreadState) bool) bool {
+	if !raceEnabled {
+		if d := r.dead; d != nil {
+			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
+				if atomic.LoadUint64(r.seq) == atomic.LoadUint64(r.wrSeq) {
+					return true
+				}
+			}
+		}
+	}
+	return slow(r.ts)
+}
+
+// reporterChecked is the checked path of QuiescentState. It takes only the ThreadState so
+// that the inlined call passes one register.
 //
 //go:noinline
 func reporterChecked(ts *ThreadState) error {
@@ -73,3 +107,8 @@ func reporterChecked(ts *ThreadState) error {
 	}
 	return ts.quiescentChecked()
 }
+
+// reportChecked is the checked path of Report.
+//
+//go:noinline
+func reportChecked(ts *ThreadState) bool { return reporterChecked(ts) == nil }

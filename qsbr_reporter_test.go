@@ -35,12 +35,19 @@ func TestQuiescentReporterReports(t *testing.T) {
 			}
 			reader.run(func(*nogil.ThreadState) {
 				c := r // a copy reports as well as the original
-				must(t, "QuiescentReporter.QuiescentState", c.QuiescentState())
+				if round%2 == 0 {
+					must(t, "QuiescentReporter.QuiescentState", c.QuiescentState())
+				} else if !c.Report() {
+					t.Errorf("round %d: Report = false (Err: %v)", round, c.Err())
+				}
 				if got := ctest.TSSeq(reader.ts.CPtr()); got != goal {
 					t.Errorf("round %d: after the report the C slot has seq %d, want %d", round, got, goal)
 				}
 				// Nothing new: idle, no write.
 				must(t, "QuiescentReporter.QuiescentState again", r.QuiescentState())
+				if !r.Report() {
+					t.Errorf("round %d: idle Report = false (Err: %v)", round, r.Err())
+				}
 			})
 			if !writer.Poll(goal) {
 				t.Fatalf("round %d: goal %d not reached after the reporter's report (rd_seq %d)",
@@ -50,18 +57,27 @@ func TestQuiescentReporterReports(t *testing.T) {
 	})
 }
 
+// wantReportErr checks that QuiescentState and Report with Err fail with target.
+func wantReportErr(t *testing.T, what string, r nogil.QuiescentReporter, target error, hints ...string) {
+	t.Helper()
+	wantErr(t, what+" (QuiescentState)", r.QuiescentState(), target, hints...)
+	if r.Report() {
+		t.Errorf("%s: Report = true, want false", what)
+	}
+	wantErr(t, what+" (Err after Report)", r.Err(), target, hints...)
+}
+
 // The reporter's errors are its ThreadState's: detached, from another goroutine with
 // something to write, after Release; the zero value says what it is.
 func TestQuiescentReporterErrors(t *testing.T) {
 	deadline(t, 30*time.Second)
 	var zero nogil.QuiescentReporter
-	wantErr(t, "zero QuiescentReporter", zero.QuiescentState(), nogil.ErrInvalid, "zero QuiescentReporter")
+	wantReportErr(t, "zero QuiescentReporter", zero, nogil.ErrInvalid, "zero QuiescentReporter")
 	if zero.ThreadState() != nil {
 		t.Error("zero QuiescentReporter has a ThreadState")
 	}
 	var nilTS *nogil.ThreadState
-	wantErr(t, "QuiescentReporter of a nil ThreadState", nilTS.QuiescentReporter().QuiescentState(),
-		nogil.ErrInvalid)
+	wantReportErr(t, "QuiescentReporter of a nil ThreadState", nilTS.QuiescentReporter(), nogil.ErrInvalid)
 
 	in := newInterp(t)
 	other := startBound(t, in, true)
@@ -69,8 +85,7 @@ func TestQuiescentReporterErrors(t *testing.T) {
 	var r nogil.QuiescentReporter
 	withState(t, in, false, func(ts *nogil.ThreadState) {
 		r = ts.QuiescentReporter()
-		wantErr(t, "QuiescentState of a detached state's reporter", r.QuiescentState(), nogil.ErrState,
-			"not attached")
+		wantReportErr(t, "report of a detached state", r, nogil.ErrState, "not attached")
 		if !must(t, "Attach", ts.Attach()) {
 			return
 		}
@@ -79,32 +94,37 @@ func TestQuiescentReporterErrors(t *testing.T) {
 		// Another goroutine: idle calls are not checked (except in race builds), calls that
 		// would write are refused and write nothing.
 		idle := make(chan error)
-		go func() { idle <- r.QuiescentState() }()
-		if err := <-idle; nogil.RaceEnabled {
+		idleOK := make(chan bool)
+		go func() { idle <- r.QuiescentState(); idleOK <- r.Report() }()
+		if err, ok := <-idle, <-idleOK; nogil.RaceEnabled {
 			wantErr(t, "idle report from another goroutine (race build)", err, nogil.ErrWrongThread)
-		} else if err != nil {
-			t.Errorf("idle report from another goroutine = %v, want nil", err)
+			if ok {
+				t.Error("idle Report from another goroutine (race build) = true")
+			}
+		} else if err != nil || !ok {
+			t.Errorf("idle report from another goroutine = %v, Report %v, want nil, true", err, ok)
 		}
 		other.run(func(o *nogil.ThreadState) { must(t, "Advance by the other state", second(o.Advance())) })
 		seq := ctest.TSSeq(ts.CPtr())
 		other.run(func(*nogil.ThreadState) {
-			wantErr(t, "report from another goroutine", r.QuiescentState(), nogil.ErrWrongThread,
+			wantReportErr(t, "report from another goroutine", r, nogil.ErrWrongThread,
 				"call it from the goroutine that called Bind")
 		})
 		if got := ctest.TSSeq(ts.CPtr()); got != seq {
 			t.Errorf("a refused report moved the slot's seq from %d to %d", seq, got)
 		}
-		must(t, "owner's report", r.QuiescentState())
+		if !r.Report() {
+			t.Errorf("owner's Report = false (Err: %v)", r.Err())
+		}
 		if got := ctest.TSSeq(ts.CPtr()); got == seq {
 			t.Error("the owner's report did not write the new sequence")
 		}
 	})
 	// withState released the state: from any goroutine, ErrReleased and no crash.
-	wantErr(t, "report after Release", r.QuiescentState(), nogil.ErrReleased, "after Release")
+	wantReportErr(t, "report after Release", r, nogil.ErrReleased, "after Release")
 	other.run(func(*nogil.ThreadState) {
-		wantErr(t, "report after Release from another goroutine", r.QuiescentState(), nogil.ErrReleased)
+		wantReportErr(t, "report after Release from another goroutine", r, nogil.ErrReleased)
 	})
 	// A reporter taken after Release is no different.
-	wantErr(t, "reporter taken after Release", r.ThreadState().QuiescentReporter().QuiescentState(),
-		nogil.ErrReleased)
+	wantReportErr(t, "reporter taken after Release", r.ThreadState().QuiescentReporter(), nogil.ErrReleased)
 }
