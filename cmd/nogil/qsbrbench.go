@@ -33,7 +33,11 @@ func init() {
 const (
 	implNogilC  = "nogil-c"
 	implNogilGo = "nogil-go"
-	implLiburcu = "liburcu"
+	// implNogilGoReporter is the same report through a QuiescentReporter taken before the loop.
+	implNogilGoReporter = "nogil-go-reporter"
+	// implNogilGoReport is the same report through QuiescentReporter.Report (a bool).
+	implNogilGoReport = "nogil-go-report"
+	implLiburcu       = "liburcu"
 	// implGoFloor is a reference row, not an implementation: the Go loop of nogil-go with only
 	// the two atomic loads and the compare of a report that has nothing to write.
 	implGoFloor = "go-floor"
@@ -111,6 +115,71 @@ func delayedFromC(r *C.qb_delayed_result) delayedResult {
 // quiescentGo measures ThreadState.QuiescentState, the Go spelling of the same report, on a
 // goroutine bound to an attached thread state of a fresh interpreter.
 func quiescentGo(d time.Duration) (ops int64, elapsed time.Duration, err error) {
+	return onAttachedState(func(ts *nogil.ThreadState) (ops int64, elapsed time.Duration, err error) {
+		const batch = 1024
+		start := time.Now()
+		deadline := start.Add(d)
+		for {
+			for range batch {
+				if err := ts.QuiescentState(); err != nil {
+					return ops, 0, err
+				}
+			}
+			ops += batch
+			if now := time.Now(); !now.Before(deadline) {
+				return ops, now.Sub(start), nil
+			}
+		}
+	})
+}
+
+// quiescentGoReporter measures the same report through a QuiescentReporter taken before the
+// loop, which keeps the words' addresses in registers as C code does.
+func quiescentGoReporter(d time.Duration) (ops int64, elapsed time.Duration, err error) {
+	return onAttachedState(func(ts *nogil.ThreadState) (ops int64, elapsed time.Duration, err error) {
+		r := ts.QuiescentReporter()
+		const batch = 1024
+		start := time.Now()
+		deadline := start.Add(d)
+		for {
+			for range batch {
+				if err := r.QuiescentState(); err != nil {
+					return ops, 0, err
+				}
+			}
+			ops += batch
+			if now := time.Now(); !now.Before(deadline) {
+				return ops, now.Sub(start), nil
+			}
+		}
+	})
+}
+
+// quiescentGoReport measures QuiescentReporter.Report, whose bool result the loop's test
+// folds into the inlined branches.
+func quiescentGoReport(d time.Duration) (ops int64, elapsed time.Duration, err error) {
+	return onAttachedState(func(ts *nogil.ThreadState) (ops int64, elapsed time.Duration, err error) {
+		r := ts.QuiescentReporter()
+		const batch = 1024
+		start := time.Now()
+		deadline := start.Add(d)
+		for {
+			for range batch {
+				if !r.Report() {
+					return ops, 0, r.Err()
+				}
+			}
+			ops += batch
+			if now := time.Now(); !now.Before(deadline) {
+				return ops, now.Sub(start), nil
+			}
+		}
+	})
+}
+
+// onAttachedState runs measure on a goroutine bound to an attached thread state of a fresh
+// interpreter, and releases the state and closes the interpreter after it.
+func onAttachedState(measure func(ts *nogil.ThreadState) (int64, time.Duration, error)) (ops int64, elapsed time.Duration, err error) {
 	in, err := nogil.NewInterpreter()
 	if err != nil {
 		return 0, 0, err
@@ -120,8 +189,9 @@ func quiescentGo(d time.Duration) (ops int64, elapsed time.Duration, err error) 
 			err = cerr
 		}
 	}()
-	done := make(chan error, 1)
+	done := make(chan error, 3)
 	go func() {
+		defer close(done)
 		ts, err := in.Bind() // locks the goroutine to its thread until Release
 		if err != nil {
 			done <- err
@@ -131,27 +201,15 @@ func quiescentGo(d time.Duration) (ops int64, elapsed time.Duration, err error) 
 			if rerr := ts.Release(); rerr != nil {
 				done <- rerr
 			}
-			close(done)
 		}()
 		if err := ts.Attach(); err != nil {
 			done <- err
 			return
 		}
-		const batch = 1024
-		start := time.Now()
-		deadline := start.Add(d)
-		for {
-			for range batch {
-				if err := ts.QuiescentState(); err != nil {
-					done <- err
-					return
-				}
-			}
-			ops += batch
-			if now := time.Now(); !now.Before(deadline) {
-				elapsed = now.Sub(start)
-				break
-			}
+		var merr error
+		ops, elapsed, merr = measure(ts)
+		if merr != nil {
+			done <- merr
 		}
 		if err := ts.Detach(); err != nil {
 			done <- err
@@ -385,8 +443,10 @@ func runQsbrbench(args []string, stdout, stderr io.Writer) error {
 	// 1. Quiescent-state cost: C rows (nogil and liburcu) and the Go row, alternating.
 	p.step("quiescent-state cost")
 	goImpl := &qsbrImpl{name: implNogilGo, quiescent: quiescentGo}
+	reporter := &qsbrImpl{name: implNogilGoReporter, quiescent: quiescentGoReporter}
+	report := &qsbrImpl{name: implNogilGoReport, quiescent: quiescentGoReport}
 	floor := &qsbrImpl{name: implGoFloor, quiescent: quiescentFloor}
-	qImpls := append([]*qsbrImpl{nogilCImpl, goImpl, floor}, impls[1:]...)
+	qImpls := append([]*qsbrImpl{nogilCImpl, goImpl, reporter, report, floor}, impls[1:]...)
 	perOp := map[string][]float64{}
 	err = alternate(qImpls, cfg.rounds, func(impl *qsbrImpl) error {
 		ops, elapsed, err := impl.quiescent(perRound)
@@ -528,7 +588,7 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 	fmt.Fprintf(w, "quiescent-state cost: one online thread reports in a loop, nobody advances (median of rounds)\n\n")
 	tw := newTable(w)
 	tableRow(tw, 10, "impl", "ns/op", "vs liburcu", "target")
-	for _, impl := range []string{implNogilC, implNogilGo, implGoFloor, implLiburcu} {
+	for _, impl := range []string{implNogilC, implNogilGo, implNogilGoReporter, implNogilGoReport, implGoFloor, implLiburcu} {
 		v, ok := res.find("quiescent-state", impl, nil)
 		if !ok {
 			continue
@@ -543,8 +603,11 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 		return err
 	}
 	fmt.Fprintf(w, "\nnogil-c: inline ng_qsbr_quiescent_state; nogil-go: ThreadState.QuiescentState (sync/atomic,\n")
-	fmt.Fprintf(w, "with its thread check); go-floor: reference, the nogil-go loop with only the two sync/atomic\n")
-	fmt.Fprintf(w, "loads of the same C words and their compare (no API); liburcu: inline urcu_qsbr_quiescent_state\n")
+	fmt.Fprintf(w, "reloads the word addresses from the ThreadState every call); nogil-go-reporter: the same through\n")
+	fmt.Fprintf(w, "a QuiescentReporter taken before the loop (addresses in registers, as C keeps its slot pointer),\n")
+	fmt.Fprintf(w, "its error tested; nogil-go-report: QuiescentReporter.Report, a bool whose test folds into the\n")
+	fmt.Fprintf(w, "inlined branches; go-floor: reference, the loop with only the two sync/atomic loads of the same\n")
+	fmt.Fprintf(w, "C words and their compare (no API, no liveness load); liburcu: inline urcu_qsbr_quiescent_state\n")
 	fmt.Fprintf(w, "(_LGPL_SOURCE).\n\n")
 
 	// Grace periods.

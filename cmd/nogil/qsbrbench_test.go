@@ -54,7 +54,7 @@ func TestQsbrbenchJSON(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 	urcu, _ := liburcuImplementation()
-	impls := map[string]bool{implNogilC: true, implNogilGo: true, implGoFloor: true, implLiburcu: urcu != nil}
+	impls := map[string]bool{implNogilC: true, implNogilGo: true, implNogilGoReporter: true, implNogilGoReport: true, implGoFloor: true, implLiburcu: urcu != nil}
 	seen := map[string]int{} // bench/impl -> records
 	sc := bufio.NewScanner(&stdout)
 	for sc.Scan() {
@@ -86,6 +86,8 @@ func TestQsbrbenchJSON(t *testing.T) {
 	want := map[string]int{
 		"quiescent-state/nogil-c":           1,
 		"quiescent-state/nogil-go":          1,
+		"quiescent-state/nogil-go-reporter": 1,
+		"quiescent-state/nogil-go-report":   1,
 		"quiescent-state/go-floor":          1,
 		"grace-period/nogil-c":              2, // mean and median
 		"delayed-free-throughput/nogil-c":   1,
@@ -109,7 +111,7 @@ func TestQsbrbenchText(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 	out := stdout.String()
-	for _, s := range []string{"quiescent-state cost", "nogil-go", "go-floor", "grace-period latency", "delayed-free",
+	for _, s := range []string{"quiescent-state cost", "nogil-go", "nogil-go-reporter", "nogil-go-report", "go-floor", "grace-period latency", "delayed-free",
 		"back-pressure cap: 262144 bytes",
 		"poll cost", "fail (laggard hint)"} {
 		if !strings.Contains(out, s) {
