@@ -86,8 +86,9 @@ func freeError(op string, st C.int) error {
 		return newError(op, "pointer not allocated by this allocator", ErrNotAllocated, nogil.ErrInvalid)
 	case C.NG_GO_FREE_DETACHED:
 		return newError(op, "block of an object heap freed by its ThreadState's own "+
-			"goroutine while the state is detached (a StopTheWorld may be walking that "+
-			"heap); Attach first: the block is still allocated", nogil.ErrState)
+			"goroutine while detached, with none of its states in that Interpreter "+
+			"attached (a StopTheWorld may be walking that heap); Attach first: the block "+
+			"is still allocated", nogil.ErrState)
 	case C.NG_ESTATE:
 		return newError(op, "double free", ErrDoubleFree, nogil.ErrInvalid)
 	}

@@ -186,10 +186,15 @@ static bool list_contains(const ng_mi_page *page, const ng_mi_block *b, const vo
 #endif
 
 /* Whether the block is an object-heap block of a page the calling thread owns while that
- * heap's state is not attached: the owner's free would write page->local_free and used
- * without atomics, which a stop-the-world visitor reads (CPython frees objects only while
- * attached). Huge segments are left out: their free takes the interpreter lock, as the
- * visitor does, and their owner field changes under that lock, so it is not ours to read. */
+ * heap's state is not attached and no other state of the calling thread in that interpreter
+ * is attached either: the owner's free would write page->local_free and used without
+ * atomics, which a stop-the-world visitor reads (CPython frees objects only while attached).
+ * Another attached state of the same interpreter on this thread keeps any stop-the-world of
+ * it from completing (it waits for that state), so no visitor is walking then; the library
+ * itself frees that way when such a state runs the detached one's delayed frees (a barrier
+ * hands them to the interpreter queue). Huge segments are left out: their free takes the
+ * interpreter lock, as the visitor does, and their owner field changes under that lock, so
+ * it is not ours to read. */
 static bool detached_owner_free(ng_mi_segment *s)
 {
     if (s->heap_kind == NG_MI_HEAP_MEM || s->kind == NG_MI_SEGMENT_HUGE)
@@ -201,7 +206,11 @@ static bool detached_owner_free(ng_mi_segment *s)
         return false;
     /* Relaxed: only this thread moves its own state out of ATTACHED; the stopper's
      * DETACHED -> SUSPENDED keeps it "not attached" either way. */
-    return ng_atomic_load(&s->owner->tstate->state, NG_RELAXED) != NG_TSTATE_ATTACHED;
+    if (ng_atomic_load(&s->owner->tstate->state, NG_RELAXED) == NG_TSTATE_ATTACHED)
+        return false;
+    /* This thread's own attached state (thread-local): no ordering with other threads. */
+    ng_tstate *current = ng_tstate_current();
+    return current == NULL || current->interp != s->mi->interp;
 }
 
 /* With the registry lock held (the segment stays mapped). */

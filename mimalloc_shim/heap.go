@@ -291,9 +291,10 @@ func (h *Heap) Realloc(p unsafe.Pointer, size uintptr) (unsafe.Pointer, error) {
 // ErrNotAllocated after. A block freed after its Interpreter was closed is ErrNotAllocated
 // there (undefined in the release build).
 //
-// The bound goroutine of an Object, GC or GCPre heap frees their blocks only while its state
-// is attached (Heap.Free checks it; for the package-level Free it is the caller's rule): a
-// goroutine inside Interpreter.StopTheWorld may be walking the heap. The nogil_debug build's
+// The bound goroutine of an Object, GC or GCPre heap frees their blocks only while its state,
+// or another of its states in the same Interpreter, is attached (Heap.Free checks it; for the
+// package-level Free it is the caller's rule): otherwise a goroutine inside
+// Interpreter.StopTheWorld may be walking the heap. The nogil_debug build's
 // Free refuses such a free with an error matching nogil.ErrState and keeps the block.
 func (h *Heap) Free(p unsafe.Pointer) error {
 	if p == nil {

@@ -300,6 +300,52 @@ TEST(alloc_contract_detached_owner_free_does_not_race_a_walk)
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
 
+/* A thread may have several states of one interpreter, one attached at a time. The library
+ * itself runs one detached state's delayed frees on its thread while another state of the
+ * same interpreter is attached there: a barrier hands the detached state's queue to the
+ * interpreter queue, which the attached state runs. No walker can be reading the heap then
+ * (a stop-the-world of this interpreter waits for the attached state), so the free must
+ * pass. The refusal looked only at the heap's own state and returned NG_ESTATE: the delayed
+ * free left the block live for ever (and a direct free on that thread was refused too). */
+static int other_state_free_status = 1;
+
+static void free_recording_status(void *p) { other_state_free_status = ng_mi_free(p); }
+
+TEST(alloc_contract_owner_free_with_another_attached_state_of_the_interpreter)
+{
+    ALLOC_SCENE(in, owner, obj, NG_MI_HEAP_OBJECT);
+    ng_interp_set_object_free(in, free_recording_status);
+    void *queued = ng_mi_heap_malloc(obj, 64);
+    void *direct = ng_mi_heap_malloc(obj, 64);
+    REQUIRE(queued != NULL && direct != NULL);
+    CHECK_STATUS(ng_object_free_delayed(owner, queued, 64), NG_OK);
+    CHECK_STATUS(ng_tstate_detach(owner), NG_OK);
+    ng_tstate *other = attached_state(in);
+    REQUIRE(other != NULL);
+    CHECK_STATUS(ng_qsbr_barrier(other), NG_OK); /* runs the owner's queue here */
+    CHECK_STATUS(other_state_free_status, NG_OK);
+    CHECK_STATUS(ng_mi_free(queued), NG_ESTATE); /* it was freed: a double free now */
+    CHECK_STATUS(ng_mi_free(direct), NG_OK);
+    /* Attached in another interpreter only: a stop-the-world of ours may be walking. */
+    ng_interp *in2 = new_interp();
+    REQUIRE(in2 != NULL);
+    void *late = NULL;
+    CHECK_STATUS(ng_tstate_detach(other), NG_OK);
+    CHECK_STATUS(ng_tstate_attach(owner), NG_OK);
+    late = ng_mi_heap_malloc(obj, 64);
+    REQUIRE(late != NULL);
+    CHECK_STATUS(ng_tstate_detach(owner), NG_OK);
+    ng_tstate *elsewhere = attached_state(in2);
+    REQUIRE(elsewhere != NULL);
+    CHECK_STATUS(ng_mi_free(late), NG_ESTATE);
+    end_scene(in2, elsewhere);
+    CHECK_STATUS(ng_tstate_attach(other), NG_OK);
+    CHECK_STATUS(ng_mi_free(late), NG_OK);
+    CHECK_STATUS(ng_tstate_release(other), NG_OK);
+    CHECK_STATUS(ng_tstate_attach(owner), NG_OK);
+    end_scene(in, owner);
+}
+
 /* ---- Huge double frees after the unmap -------------------------------------------------------- */
 
 /* A MEM huge block's segment is unmapped by its free, so its second free found no segment

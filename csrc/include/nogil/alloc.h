@@ -25,8 +25,8 @@
  * Threads: a heap is used by the thread that owns its thread state, while that state is
  * attached (as CPython requires for PyObject_Malloc); ng_mi_free may be called by any thread,
  * with or without a thread state, with one rule for the object heaps (OBJECT, GC, GC_PRE):
- * the thread that owns a block's heap frees it only while that heap's state is attached (as
- * CPython frees objects). Its free is the unsynchronised local path (page->local_free, used),
+ * the thread that owns a block's heap frees it only while that heap's state, or another
+ * state of the same interpreter on that thread, is attached (as CPython frees objects). Its free is the unsynchronised local path (page->local_free, used),
  * and a thread that stopped the world may be walking the heap (ng_mi_heap_visit) because a
  * detached state counts as stopped; every other thread's free is one atomic push, which the
  * walker reads with atomics. NG_MI_DEBUG builds refuse such a free (NG_ESTATE, memory
@@ -253,7 +253,8 @@ void ng_mi_page_retire(ng_mi_page *page);
 
 /* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out, or
  * its segment was unmapped), NG_ESTATE (the block is already free, or it is an object-heap
- * block of the caller's own heap whose state is not attached; see the header comment). The
+ * block of the caller's own heap while no state of the caller in that heap's interpreter is
+ * attached; see the header comment). The
  * memory is not touched on error. */
 int ng_mi_free_checked(void *p);
 
