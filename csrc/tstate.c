@@ -560,6 +560,15 @@ int ng_tstate_release(ng_tstate *ts)
     ng_mutex_unlock(&interp->head_lock);
 
     if (owns_queue) {
+        /* A state of another interpreter attached on this thread holds back no stop-the-world
+         * of ours: handing over and clearing beside it would run the extensions' tstate_clear
+         * (the allocator's abandon rewrites this state's heaps) while our world may be stopped
+         * and its stopper walking them. Detach it for the hand-over (this state then attaches,
+         * waiting out a stop) and attach it again afterwards. */
+        ng_tstate *elsewhere = tls_current != NULL && tls_current->interp != interp ? tls_current
+                                                                                   : NULL;
+        if (elsewhere != NULL)
+            ng_tstate_detach_to(elsewhere, NG_TSTATE_DETACHED);
         /* A detached state attaches for the hand-over when the thread has nothing else
          * attached: processing needs an online slot, and work handed over unprocessed by
          * threads that exit detached would pile up in the interpreter queue (spec R6). */
@@ -579,6 +588,14 @@ int ng_tstate_release(ng_tstate *ts)
         /* After the hand-over, whose callbacks may still free into the state's heaps. */
         ng_ext_clear_tstate(ts);
         ng_atomic_store(&ts->cleared, 1, NG_RELAXED); /* diagnostics only */
+        if (elsewhere != NULL) {
+            if (tls_current == ts)
+                ng_tstate_detach_to(ts, NG_TSTATE_DETACHED);
+            /* Fails only if that interpreter is being deleted: the thread then carries on
+             * detached there, as after a blocking wait (see the block hooks). */
+            if (tls_current == NULL)
+                (void)ng_tstate_attach_unchecked(elsewhere);
+        }
     }
     /* A block hook may have detached us inside the abandon (and failed to re-attach if the
      * interpreter is being deleted), hence the re-check. */

@@ -199,6 +199,69 @@ TEST(alloc_contract_fork_child_ends_a_dead_freers_transient_state)
     end_scene(in, ts);
 }
 
+/* ---- Release beside another interpreter's attached state ------------------------------------ */
+
+/* A thread whose state in interpreter A is detached releases it while its state in B is
+ * attached, and while another thread holds A's world stopped (and may be walking the heaps of
+ * A's states). The release used to hand over and clear right away, beside B's state: the
+ * allocator's abandon rewrote the state's heaps and freed its heap set under the stopper's
+ * walk. Now the release detaches B's state, waits for A's restart like any attach, and
+ * attaches B's state again. The signal that the releaser is past the point where it used to
+ * go on is its B state turning detached: from then on it must not finish while A is
+ * stopped. */
+typedef struct release_beside {
+    ng_interp *a, *b;
+    ng_tstate *in_b; /* published once attached */
+    uint32_t go, done, attached_after;
+    int rc;
+} release_beside;
+
+static void *release_beside_main(void *arg)
+{
+    release_beside *j = arg;
+    ng_tstate *in_a = attached_state(j->a);
+    ng_mi_heap *h = in_a != NULL ? alloc_heap(in_a, NG_MI_HEAP_OBJECT) : NULL;
+    void *p = h != NULL ? ng_mi_heap_malloc(h, 64) : NULL;
+    ng_tstate *in_b = NULL;
+    if (p != NULL && CHECK_STATUS(ng_tstate_detach(in_a), NG_OK))
+        in_b = attached_state(j->b);
+    ng_atomic_store(&j->in_b, in_b, NG_SEQ_CST);
+    if (in_b == NULL) {
+        ng_atomic_store(&j->done, 2, NG_SEQ_CST);
+        return NULL;
+    }
+    SPIN_UNTIL(ng_atomic_load(&j->go, NG_SEQ_CST));
+    j->rc = ng_tstate_release(in_a);
+    ng_atomic_store(&j->done, 1, NG_SEQ_CST);
+    j->attached_after = ng_tstate_current() == in_b;
+    CHECK_STATUS(ng_tstate_release(in_b), NG_OK);
+    return NULL;
+}
+
+TEST(alloc_contract_release_beside_another_interpreter_waits_for_a_stop)
+{
+    release_beside j = {.a = new_interp(), .b = new_interp()};
+    REQUIRE(j.a != NULL && j.b != NULL);
+    pthread_t t = spawn_thread(release_beside_main, &j);
+    SPIN_UNTIL(ng_atomic_load(&j.in_b, NG_SEQ_CST) != NULL ||
+               ng_atomic_load(&j.done, NG_SEQ_CST) == 2);
+    ng_tstate *b = ng_atomic_load(&j.in_b, NG_SEQ_CST);
+    REQUIRE(b != NULL);
+    ng_tstate *me = attached_state(j.a);
+    REQUIRE(me != NULL);
+    CHECK_STATUS(ng_stop_the_world(j.a, me), NG_OK);
+    ng_atomic_store(&j.go, 1, NG_SEQ_CST);
+    CHECK(WAIT_UNTIL(state_of(b) == NG_TSTATE_DETACHED || ng_atomic_load(&j.done, NG_SEQ_CST),
+                     PATIENCE_MS));
+    CHECK_EQ(ng_atomic_load(&j.done, NG_SEQ_CST), 0); /* not while A is stopped */
+    CHECK_STATUS(ng_start_the_world(j.a), NG_OK);
+    join_thread(t);
+    CHECK_STATUS(j.rc, NG_OK);
+    CHECK_EQ(j.attached_after, 1);
+    end_scene(j.a, me);
+    CHECK_STATUS(ng_interp_delete(j.b), NG_OK);
+}
+
 #ifdef NG_MI_DEBUG
 
 /* ---- Object frees by a detached owner --------------------------------------------------------- */

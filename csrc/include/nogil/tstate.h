@@ -150,7 +150,9 @@ void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out);
  * deleted or being deleted), NG_EINVAL. */
 int ng_tstate_new(ng_interp *interp, ng_tstate **out);
 /* Releases the calling thread's state: detaches if attached, hands its delayed work to the
- * interpreter, unlinks it, releases the GIL, unregisters QSBR, drops both references.
+ * interpreter, unlinks it, releases the GIL, unregisters QSBR, drops both references. A state
+ * of another interpreter attached on the thread is detached for the hand-over (which may
+ * wait for a stop-the-world of ts's interpreter to end) and attached again after it.
  * NG_OK, NG_EWRONGTHREAD, NG_ERELEASED, NG_EINVAL. */
 int ng_tstate_release(ng_tstate *ts);
 
