@@ -175,4 +175,15 @@ static inline void **fill_page(ng_mi_heap *h, size_t size, ng_mi_page **page_out
     return blocks;
 }
 
+/* fill_page, then every block given `tag`'s pattern over its `size` bytes (the object headers
+ * a lock-free reader may load). */
+static inline void **fill_page_tagged(ng_mi_heap *h, size_t size, uint32_t tag,
+                                      ng_mi_page **page_out, size_t *n_out)
+{
+    void **blocks = fill_page(h, size, page_out, n_out);
+    for (size_t i = 0; blocks != NULL && i < *n_out; i++)
+        alloc_fill(blocks[i], 0, size, tag);
+    return blocks;
+}
+
 #endif /* NG_TEST_ALLOC_HELPERS_H */

@@ -18,12 +18,9 @@ static void gating_scene(ng_mi_heap_kind kind)
     size_t size = 96;
     ng_mi_page *page = NULL;
     size_t n = 0;
-    void **blocks = fill_page(h, size, &page, &n);
+    void **blocks = fill_page_tagged(h, size, 11, &page, &n);
     if (!CHECK(blocks != NULL && n == page->reserved))
         return;
-    /* The object headers a lock-free reader may load. */
-    for (size_t i = 0; i < n; i++)
-        alloc_fill(blocks[i], 0, size, 11);
 
     reader r;
     reader_start(&r, in);
@@ -120,10 +117,8 @@ TEST(alloc_qsbr_same_class_reuses_a_waiting_page_without_touching_prefixes)
     reader_start(&r, in);
     ng_mi_page *page = NULL;
     size_t n = 0;
-    void **blocks = fill_page(h, 64, &page, &n);
+    void **blocks = fill_page_tagged(h, 64, 3, &page, &n);
     REQUIRE(blocks != NULL);
-    for (size_t i = 0; i < n; i++)
-        alloc_fill(blocks[i], 0, 64, 3);
     for (size_t i = 0; i < n; i++)
         ng_mi_free(blocks[i]);
     CHECK_STATUS(ng_mi_heap_collect(h, false), NG_OK); /* ends the retire delay: it waits */
@@ -340,10 +335,8 @@ TEST(alloc_qsbr_retire_delay_ends_in_a_goal_not_in_another_class)
     reader_start(&r, in);
     ng_mi_page *page = NULL;
     size_t n = 0;
-    void **blocks = fill_page(h, 96, &page, &n);
+    void **blocks = fill_page_tagged(h, 96, 7, &page, &n);
     REQUIRE(blocks != NULL);
-    for (size_t i = 0; i < n; i++)
-        alloc_fill(blocks[i], 0, 96, 7);
     for (size_t i = 0; i < n; i++)
         ng_mi_free(blocks[i]);
     CHECK_EQ(page->qsbr_goal, 0); /* retire delay: still its class's page, no goal */
