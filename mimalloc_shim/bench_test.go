@@ -47,24 +47,20 @@ var sink unsafe.Pointer
 // A Malloc+Free pair of 64 bytes: the Go fast paths (no cgo call), the C inline functions
 // through one cgo call each (what a wrapper without Go fast paths costs), and Go's own new.
 func BenchmarkMallocFree64(b *testing.B) {
-	b.Run("go-fast-path", func(b *testing.B) {
-		benchHeap(b, Mem, func(h *Heap) {
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				p, _ := h.Malloc(64)
-				h.Free(p)
-			}
+	for _, c := range []struct {
+		name string
+		kind HeapKind
+	}{{"go-fast-path", Mem}, {"go-fast-path-object", Object}} {
+		b.Run(c.name, func(b *testing.B) {
+			benchHeap(b, c.kind, func(h *Heap) {
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					p, _ := h.Malloc(64)
+					h.Free(p)
+				}
+			})
 		})
-	})
-	b.Run("go-fast-path-object", func(b *testing.B) {
-		benchHeap(b, Object, func(h *Heap) {
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				p, _ := h.Malloc(64)
-				h.Free(p)
-			}
-		})
-	})
+	}
 	b.Run("cgo-per-call", func(b *testing.B) {
 		benchHeap(b, Mem, func(h *Heap) {
 			b.ResetTimer()
