@@ -8,8 +8,10 @@
  *  - by ng_delayed_abandon, when the owner is releasing the state or no longer exists.
  * Both run under interp->delayed.mutex, which also guards the interpreter's queue, so a
  * barrier and the release of a detached state cannot splice the same queue at once. That
- * mutex is held only for bounded list work: it is taken without detaching, and no entry runs
- * (no user code) while it is held, so its holder is never suspended while holding it. Lock
+ * mutex is held only for bounded list work: it is taken without detaching, and no user code
+ * runs while it is held (no entry, and no poll that scans, since a scan may call the stall
+ * handler), so its holder is never suspended while holding it (the fork handler waits for it
+ * with every world stopped). Lock
  * order: interp->delayed.mutex, then head_lock. A barrier only try-locks it while the world
  * is stopped (R9: the fork handler holds it while waiting for its own stop).
  *
@@ -300,16 +302,23 @@ static int process_own(ng_tstate *ts, uint64_t *unmet)
     return ran;
 }
 
-/* With the interpreter queue's mutex held: takes up to INTERP_BATCH entries whose goal `slot`
- * finds reached. Returns how many; *full says the batch filled (more may be ready). */
+/* With the interpreter queue's mutex held: takes up to INTERP_BATCH entries whose goal is
+ * known to be reached (rd_seq), in order. It does not scan: a scan may report a stall, and the
+ * stall callback must not run under the mutex (it may block, and a thread that a stop
+ * suspends while it holds the mutex would stop the fork handler, which waits for it). Returns
+ * how many; *full says the batch filled (more may be ready); *unmet is the goal of the first
+ * entry left behind (0: none). */
 static size_t interp_take_batch(ng_delayed_interp_queue *iq, ng_qsbr_slot *slot,
-                                ng_delayed_entry *batch, bool *full)
+                                ng_delayed_entry *batch, bool *full, uint64_t *unmet)
 {
     size_t n = 0;
     ng_delayed_entry *next;
+    *unmet = 0;
     while (n < INTERP_BATCH && (next = queue_peek(&iq->queue, false)) != NULL) {
-        if (!ng_qsbr_poll(slot, next->goal))
+        if (!ng_qsbr_goal_reached(slot, next->goal)) {
+            *unmet = next->goal;
             break;
+        }
         batch[n++] = queue_pop(&iq->queue);
     }
     if (n > 0)
@@ -324,7 +333,8 @@ static size_t interp_take_batch(ng_delayed_interp_queue *iq, ng_qsbr_slot *slot,
 
 /* Processes the interpreter's queue with `slot` (its thread attached). With `locked` the
  * caller holds the mutex for the first batch; later batches use a try-lock: a holder is
- * already at it. */
+ * already at it. An entry whose goal rd_seq does not show yet is polled after the unlock
+ * (the scan that may find it reached, or report the stall), and taken on the next round. */
 static int interp_drain(ng_interp *interp, ng_qsbr_slot *slot, bool locked)
 {
     ng_delayed_interp_queue *iq = &interp->delayed;
@@ -337,14 +347,15 @@ static int interp_drain(ng_interp *interp, ng_qsbr_slot *slot, bool locked)
         }
         locked = false;
         bool full;
-        size_t n = interp_take_batch(iq, slot, batch, &full);
+        uint64_t unmet;
+        size_t n = interp_take_batch(iq, slot, batch, &full, &unmet);
         ng_mutex_unlock(&iq->mutex);
         for (size_t i = 0; i < n; i++) {
             TORTURE_YIELD();
             run_entry(interp, &batch[i]);
         }
         ran = add_sat_int(ran, (int)n);
-        if (!full)
+        if (!full && (unmet == 0 || !ng_qsbr_poll(slot, unmet)))
             break;
     }
     return ran;
@@ -507,7 +518,10 @@ static int wait_for_goal_detached(ng_tstate *ts, uint64_t goal)
     /* No time limit: the cap is a bound on memory, kept even while a reader stalls. Offline,
      * the slot cannot be the one holding the goal back (NG_ESTATE is impossible), and it
      * stays registered until this thread releases the state, as does the shared state
-     * (the thread state's reference keeps the interpreter's memory). */
+     * (the thread state's reference keeps the interpreter's memory). The wait's polls are
+     * what reports a reader that keeps us here: the stall handler runs on this thread, with
+     * the state detached (no current state; a stop may even suspend it meanwhile) and no
+     * lock held, and names that reader, never us (a scan skips offline slots). */
     int rc = ng_qsbr_wait(slot, goal, -1);
     int err = ng_tstate_attach_unchecked(ts);
     return err != NG_OK ? err : rc;

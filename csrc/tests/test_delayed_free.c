@@ -1041,3 +1041,78 @@ TEST(delayed_misuse_is_reported)
     ng_delayed_abandon(ts, NULL); /* ignored */
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
+
+/* ---- Stall reports of the interpreter's queue --------------------------------------------- */
+
+#define IQ_STALL_NS (20 * NG_NS_PER_MS)
+
+typedef struct iq_stall_scene {
+    ng_interp *in;
+    uint32_t calls;
+    int mutex_held;  /* the interpreter queue's mutex was held during the first report */
+    uint64_t reader_thread;
+    uint64_t reported_thread;
+    uint32_t recorded; /* the two fields above are written */
+    int runs;
+    int err;
+    uint32_t done;
+} iq_stall_scene;
+
+static void iq_record_stall(void *arg, const ng_qsbr_stall *stall)
+{
+    iq_stall_scene *s = arg;
+    if (ng_atomic_fetch_add(&s->calls, 1, NG_SEQ_CST) == 0) {
+        s->mutex_held = ng_mutex_is_locked(&s->in->delayed.mutex);
+        s->reported_thread = stall->thread_id;
+        ng_atomic_store(&s->recorded, 1, NG_RELEASE);
+    }
+}
+
+/* Hands one call to the interpreter's queue (by releasing the state that queued it), then
+ * processes with a second state until the stall handler has been called. */
+static void *iq_stall_processor(void *arg)
+{
+    iq_stall_scene *s = arg;
+    ng_tstate *ts = NULL;
+    int err = create_attached(s->in, &ts);
+    if (err == NG_OK)
+        err = ng_call_delayed(ts, count_call, &s->runs, 64);
+    err = release_keeping_error(ts, err);
+    ts = NULL;
+    if (err == NG_OK)
+        err = create_attached(s->in, &ts);
+    int64_t give_up = now_ns() + (int64_t)PATIENCE_MS * 1000000;
+    while (err == NG_OK && !ng_atomic_load(&s->recorded, NG_ACQUIRE) && now_ns() < give_up) {
+        if (ng_process_delayed(ts) < 0)
+            err = NG_ESTATE;
+        sleep_ms(1);
+    }
+    s->err = release_keeping_error(ts, err);
+    ng_atomic_store(&s->done, 1, NG_RELEASE);
+    return NULL;
+}
+
+/* The interpreter's queue is processed under its mutex; a stall noticed there is reported
+ * after the mutex is released (the stall callback runs with no lock of the core held: it may
+ * block, and a thread suspended while holding that mutex would stop the fork handler). */
+TEST(delayed_interp_queue_stall_reported_without_its_mutex)
+{
+    static iq_stall_scene s;
+    memset(&s, 0, sizeof(s));
+    TSTATE_SCENE(in, reader); /* attached and never reporting: holds every goal back */
+    s.in = in;
+    s.reader_thread = reader->thread_id;
+    ng_qsbr_set_stall_handler(&in->qsbr, IQ_STALL_NS, iq_record_stall, &s);
+    pthread_t t = spawn_thread(iq_stall_processor, &s);
+    SPIN_UNTIL(ng_atomic_load(&s.done, NG_ACQUIRE));
+    join_thread(t);
+    CHECK_STATUS(s.err, NG_OK);
+    if (CHECK(ng_atomic_load(&s.recorded, NG_ACQUIRE))) {
+        CHECK_EQ(s.mutex_held, 0);
+        CHECK(s.reported_thread == s.reader_thread);
+    }
+    ng_qsbr_set_stall_handler(&in->qsbr, 0, NULL, NULL);
+    CHECK_EQ(ng_atomic_load(&s.runs, NG_SEQ_CST), 0);
+    end_scene(in, reader); /* the deletion runs the interpreter's queue */
+    CHECK_EQ(ng_atomic_load(&s.runs, NG_SEQ_CST), 1);
+}

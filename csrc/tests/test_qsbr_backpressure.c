@@ -260,3 +260,80 @@ TEST(delayed_cap_process_delayed_never_waits)
     CHECK_STATUS(ng_tstate_release(ts), NG_OK);
     CHECK_STATUS(ng_interp_delete(in), NG_OK);
 }
+
+/* ---- Stall reports during the wait ------------------------------------------------------- */
+
+#define BP_STALL_NS (20 * NG_NS_PER_MS)
+
+/* What the stall handler saw: every report, and the thread it ran on with that thread's
+ * attachment at the time. */
+typedef struct bp_stall_log {
+    ng_tstate *writer;       /* the cap waiter, once published */
+    uint32_t calls;
+    ng_qsbr_stall first;
+    uint64_t first_thread;   /* ng_thread_id() of the thread the first call ran on */
+    ng_tstate *first_current; /* ng_tstate_current() there */
+    uint32_t writer_state;   /* the writer's state word during the first call */
+    uint32_t recorded;       /* the fields above are written */
+} bp_stall_log;
+
+static void bp_record_stall(void *arg, const ng_qsbr_stall *stall)
+{
+    bp_stall_log *log = arg;
+    if (ng_atomic_fetch_add(&log->calls, 1, NG_SEQ_CST) == 0) {
+        log->first = *stall;
+        log->first_thread = ng_thread_id();
+        log->first_current = ng_tstate_current();
+        ng_tstate *w = ng_atomic_load(&log->writer, NG_ACQUIRE);
+        log->writer_state = w != NULL ? bp_state(w) : UINT32_MAX;
+        ng_atomic_store(&log->recorded, 1, NG_RELEASE);
+    }
+}
+
+/* A reader holds every goal back while the writer waits over the cap: the writer's wait
+ * reports the reader (never itself), once for the stall however long it lasts, from the
+ * waiting thread, detached. */
+TEST(delayed_cap_wait_reports_the_reader_once)
+{
+    ng_interp *in = bp_interp();
+    REQUIRE(in != NULL);
+    CHECK_STATUS(ng_delayed_set_cap(in, BP_CAP), NG_OK);
+    ng_tstate *reader = bp_attached(in); /* holds every goal back until released */
+    REQUIRE(reader != NULL);
+    static bp_stall_log log;
+    memset(&log, 0, sizeof(log));
+    ng_qsbr_set_stall_handler(&in->qsbr, BP_STALL_NS, bp_record_stall, &log);
+
+    bp_writer w = {.in = in};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, bp_writer_main, &w) == 0);
+    SPIN_UNTIL(ng_atomic_load(&w.published, NG_ACQUIRE) != 0);
+    REQUIRE(w.ts != NULL);
+    ng_atomic_store(&log.writer, w.ts, NG_RELEASE);
+    CHECK(WAIT_UNTIL(ng_delayed_cap_waits(in) == 1 && bp_state(w.ts) == NG_TSTATE_DETACHED,
+                     PATIENCE_MS));
+    bool reported = CHECK(WAIT_UNTIL(ng_atomic_load(&log.recorded, NG_ACQUIRE), PATIENCE_MS));
+    /* The writer keeps polling (every wake-up slice) while the reader stays put. */
+    sleep_ms(10 * BP_STALL_NS / NG_NS_PER_MS);
+    CHECK_EQ(ng_atomic_load(&log.calls, NG_SEQ_CST), 1);
+    CHECK_EQ(ng_atomic_load(&w.done, NG_ACQUIRE), 0);
+    if (reported) {
+        CHECK(log.first.thread_id == reader->thread_id);
+        CHECK(log.first.tstate_id == reader->id);
+        CHECK_EQ(log.first.slot_index, reader->qsbr->index);
+        CHECK(log.first.attached);
+        CHECK(log.first.thread_id != w.ts->thread_id);
+        CHECK(log.first_thread == w.ts->thread_id);
+        CHECK_PTR_EQ(log.first_current, NULL);
+        CHECK_EQ(log.writer_state, NG_TSTATE_DETACHED);
+    }
+
+    /* The reader goes: the writer's goal is reached. */
+    CHECK_STATUS(ng_tstate_release(reader), NG_OK);
+    join_thread(t);
+    CHECK_STATUS(w.checkpoint_status, NG_OK);
+    CHECK_EQ(w.bytes_after, 0);
+    CHECK_EQ(ng_atomic_load(&log.calls, NG_SEQ_CST), 1);
+    ng_qsbr_set_stall_handler(&in->qsbr, 0, NULL, NULL);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+}
