@@ -6,8 +6,11 @@
  * state can outlive the deletion (its thread was blocked in the library and only later calls
  * ng_tstate_release); that release still locks head_lock and unregisters its QSBR slot, so
  * the memory must stay until the last state is gone. The last reference runs whatever delayed
- * work arrived late, frees the QSBR segments and quarantines the memory (dead magic, FIFO
- * pool) so a stale interpreter pointer reads NG_ERELEASED.
+ * work arrived late, then drops its reference to the memory. The memory has references of its
+ * own for the QSBR slots pinned for the Go wrapper (ng_tstate_pin_slot), whose inlined report
+ * reads the write sequence and the slot's seq without checking anything else; the last one
+ * frees the QSBR segments and quarantines the memory (dead magic, FIFO pool) so a stale
+ * interpreter pointer reads NG_ERELEASED.
  *
  * Deletion stops the world, takes every remaining state out of the list and moves it to
  * SHUTTING_DOWN (waking threads parked in attach, which then get NG_CANCELLED), restarts the
@@ -106,6 +109,7 @@ int ng_interp_new(ng_interp **out)
     interp->gil.interval_ns = GIL_INTERVAL_NS;
     interp->object_free = free;
     impl->refs = 1;
+    impl->mem_refs = 1;
     /* Relaxed: published to other threads through whatever hands them the pointer. */
     ng_atomic_store(&interp->magic, NG_INTERP_MAGIC, NG_RELAXED);
     link_interp(interp);
@@ -119,6 +123,32 @@ void ng_interp_ref(ng_interp *interp)
     ng_atomic_fetch_add(&NG_INTERP_IMPL(interp)->refs, 1, NG_RELAXED);
 }
 
+void ng_interp_ref_memory(ng_interp *interp)
+{
+    /* Relaxed: the caller already holds a reference, so the count cannot reach zero. */
+    ng_atomic_fetch_add(&NG_INTERP_IMPL(interp)->mem_refs, 1, NG_RELAXED);
+}
+
+void ng_interp_unref_memory(ng_interp *interp)
+{
+    ng_interp_impl *impl = NG_INTERP_IMPL(interp);
+    /* Acq-rel: every use through another reference (a pinned slot's reader, the teardown)
+     * happens-before the segments are freed and the memory reused. */
+    if (ng_atomic_fetch_sub(&impl->mem_refs, 1, NG_ACQ_REL) != 1)
+        return;
+    /* Every slot was unregistered by its state's release (or recycled by a fork child), and
+     * every pinned one unpinned. */
+    (void)ng_qsbr_fini(&interp->qsbr);
+    /* All but the magic (and the pool link) is off limits now. */
+    char *base = (char *)impl;
+    size_t from = sizeof(uint64_t), link = offsetof(ng_interp_impl, pool_link);
+    NG_QUARANTINE_POISON(base + from, link - from);
+    NG_QUARANTINE_POISON(base + link + sizeof(ng_pool_link),
+                         sizeof(*impl) - link - sizeof(ng_pool_link));
+    ng_pool_put(&interp_pool, &impl->pool_link);
+    ng_atomic_fetch_add(&ng_test_interp_frees, 1, NG_RELAXED); /* statistics */
+}
+
 void ng_interp_unref(ng_interp *interp)
 {
     ng_interp_impl *impl = NG_INTERP_IMPL(interp);
@@ -129,17 +159,8 @@ void ng_interp_unref(ng_interp *interp)
      * taken over the queue when the deletion came). */
     ng_delayed_queue_run_all(interp, &interp->delayed.queue);
     ng_ext_interp_free(interp);
-    /* Every slot was unregistered by its state's release (or recycled by a fork child). */
-    (void)ng_qsbr_fini(&interp->qsbr);
     ng_atomic_store(&interp->magic, NG_INTERP_DEAD_MAGIC, NG_RELAXED);
-    /* All but the magic (and the pool link) is off limits now. */
-    char *base = (char *)impl;
-    size_t from = sizeof(uint64_t), link = offsetof(ng_interp_impl, pool_link);
-    NG_QUARANTINE_POISON(base + from, link - from);
-    NG_QUARANTINE_POISON(base + link + sizeof(ng_pool_link),
-                         sizeof(*impl) - link - sizeof(ng_pool_link));
-    ng_pool_put(&interp_pool, &impl->pool_link);
-    ng_atomic_fetch_add(&ng_test_interp_frees, 1, NG_RELAXED); /* statistics */
+    ng_interp_unref_memory(interp);
 }
 
 /* Runs everything in the interpreter's queue. Entries run user code, so not under the

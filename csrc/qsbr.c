@@ -7,15 +7,17 @@
  * whole life of the shared state and growth needs no stop-the-world (CPython moves its array
  * inside one and rewrites every thread's pointer; R2 and R10 were bugs of that scheme).
  * Slots are handed out from the freelist, else from fresh space by bumping `high_water`, the
- * number of slots ever handed out; scans stop there.
+ * number of slots ever handed out; scans stop there. A slot given back while pinned
+ * (ng_qsbr_pin) is retained instead: offline, ownerless and off the freelist until its last
+ * pin goes, so that a pinner's reader never finds another owner's seq in it.
  *
- * Under shared->mutex: freelist, high_water and segment growth, `allocated`, `tstate`, writes
- * of `registered` (statistics read it relaxed). last_stall has its own raw lock. Scanners
+ * Under shared->mutex: freelist, high_water and segment growth, `allocated`, `retained`,
+ * `pins`, `tstate`, writes of `registered` and `retained` (statistics read them relaxed). last_stall has its own raw lock. Scanners
  * read nsegments, high_water and segment pointers without the mutex (acquire loads of
  * release/seq-cst stores) and every slot's `seq`.
  *
- * Fork: ng_qsbr_after_fork (the child keeps only the survivor's slot and forgets the
- * waiters, which were other threads). Thread exit: the thread-state layer detaches and
+ * Fork: ng_qsbr_after_fork (the child keeps only the survivor's slot and the pinned ones, and
+ * forgets the waiters, which were other threads). Thread exit: the thread-state layer detaches and
  * unregisters; slots outlive their threads.
  */
 #include <sched.h>
@@ -136,7 +138,7 @@ int ng_qsbr_fini(ng_qsbr_shared *shared)
     if (shared == NULL)
         return NG_EINVAL;
     ng_mutex_lock(&shared->mutex);
-    if (shared->registered != 0) {
+    if (shared->registered != 0 || shared->retained != 0) {
         ng_mutex_unlock(&shared->mutex);
         return NG_EBUSY;
     }
@@ -211,14 +213,31 @@ static bool slot_valid(const ng_qsbr_slot *slot)
     return slot != NULL && slot->shared != NULL;
 }
 
-/* Puts an allocated slot on the freelist. Under the mutex; the slot is offline. */
-static void release_slot(ng_qsbr_shared *shared, ng_qsbr_slot *slot)
+/* Puts a slot that nobody owns or pins on the freelist. Under the mutex; the slot is
+ * offline. */
+static void free_slot(ng_qsbr_shared *shared, ng_qsbr_slot *slot)
 {
     ng_atomic_store(&slot->tstate, NULL, NG_RELAXED);
     ng_atomic_store(&slot->allocated, 0, NG_RELAXED);
+    slot->retained = 0;
     slot->freelist_next = shared->freelist;
     shared->freelist = slot;
+}
+
+/* The owner (or a fork child, for a dead thread) gives a reserved or registered slot back: to
+ * the freelist, or retained while pinned, so that the pinner's reader keeps reading an offline
+ * slot that nobody else owns. Under the mutex; the slot is offline. Statistics are written
+ * under the mutex and read without it. */
+static void release_slot(ng_qsbr_shared *shared, ng_qsbr_slot *slot)
+{
     ng_atomic_store(&shared->registered, shared->registered - 1, NG_RELAXED);
+    if (slot->pins == 0) {
+        free_slot(shared, slot);
+        return;
+    }
+    ng_atomic_store(&slot->tstate, NULL, NG_RELAXED);
+    slot->retained = 1;
+    ng_atomic_store(&shared->retained, shared->retained + 1, NG_RELAXED);
 }
 
 int ng_qsbr_unreserve(ng_qsbr_slot *slot)
@@ -228,9 +247,9 @@ int ng_qsbr_unreserve(ng_qsbr_slot *slot)
     ng_qsbr_shared *shared = slot->shared;
     ng_mutex_lock(&shared->mutex);
     int err = NG_OK;
-    if (!slot->allocated || slot->tstate != NULL ||
+    if (!slot->allocated || slot->retained || slot->tstate != NULL ||
         ng_atomic_load(&slot->seq, NG_RELAXED) != NG_QSBR_OFFLINE)
-        err = NG_ESTATE; /* free already, or registered (use unregister) */
+        err = NG_ESTATE; /* free or retained already, or registered (use unregister) */
     else
         release_slot(shared, slot);
     ng_mutex_unlock(&shared->mutex);
@@ -244,7 +263,7 @@ int ng_qsbr_register(ng_qsbr_slot *slot, struct ng_tstate *tstate)
     ng_qsbr_shared *shared = slot->shared;
     ng_mutex_lock(&shared->mutex);
     int err = NG_OK;
-    if (!slot->allocated || slot->tstate != NULL)
+    if (!slot->allocated || slot->retained || slot->tstate != NULL)
         err = NG_ESTATE; /* not reserved, or registered already */
     else
         ng_atomic_store(&slot->tstate, tstate, NG_RELAXED);
@@ -262,9 +281,45 @@ int ng_qsbr_unregister(ng_qsbr_slot *slot)
     /* Relaxed seq: only the owner (the caller) sets it online, so it is our own value. */
     if (!slot->allocated || slot->tstate == NULL ||
         ng_atomic_load(&slot->seq, NG_RELAXED) != NG_QSBR_OFFLINE)
-        err = NG_ESTATE; /* free, reserved only (use unreserve), or still online */
+        err = NG_ESTATE; /* free, reserved only (use unreserve), retained, or still online */
     else
         release_slot(shared, slot);
+    ng_mutex_unlock(&shared->mutex);
+    return err;
+}
+
+int ng_qsbr_pin(ng_qsbr_slot *slot)
+{
+    if (!slot_valid(slot))
+        return NG_EINVAL;
+    ng_qsbr_shared *shared = slot->shared;
+    ng_mutex_lock(&shared->mutex);
+    int err = NG_OK;
+    if (!slot->allocated || slot->retained)
+        err = NG_ESTATE; /* nobody owns it: there is nothing to read it for */
+    else if (slot->pins == UINT32_MAX)
+        err = NG_EINVAL;
+    else
+        slot->pins++;
+    ng_mutex_unlock(&shared->mutex);
+    return err;
+}
+
+int ng_qsbr_unpin(ng_qsbr_slot *slot)
+{
+    if (!slot_valid(slot))
+        return NG_EINVAL;
+    ng_qsbr_shared *shared = slot->shared;
+    ng_mutex_lock(&shared->mutex);
+    int err = NG_OK;
+    if (!slot->allocated || slot->pins == 0) {
+        err = NG_ESTATE;
+    }
+    else if (--slot->pins == 0 && slot->retained) {
+        /* Its owner is gone and so is the last reader: the slot can serve a new owner. */
+        ng_atomic_store(&shared->retained, shared->retained - 1, NG_RELAXED);
+        free_slot(shared, slot);
+    }
     ng_mutex_unlock(&shared->mutex);
     return err;
 }
@@ -601,10 +656,11 @@ void ng_qsbr_after_fork(ng_qsbr_shared *shared, ng_qsbr_slot *survivor)
     uint32_t hw = shared->high_water;
     for (uint32_t i = 0; i < hw; i++) {
         ng_qsbr_slot *slot = slot_at(shared, i);
-        if (slot == survivor || !slot->allocated)
+        if (slot == survivor || !slot->allocated || slot->retained)
             continue;
         /* A dead thread's slot may even be online (it was attached when the fork happened
-         * outside a stop-the-world): it must not hold back grace periods in the child. */
+         * outside a stop-the-world): it must not hold back grace periods in the child. A
+         * pinned one is retained, offline, as if its thread had released it. */
         ng_atomic_store(&slot->seq, NG_QSBR_OFFLINE, NG_RELAXED);
         release_slot(shared, slot);
     }
@@ -626,6 +682,7 @@ void ng_qsbr_get_stats(ng_qsbr_shared *shared, ng_qsbr_stats *out)
     out->stalls_reported = ng_atomic_load(&shared->stalls_reported, NG_RELAXED);
     /* Without the mutex, so a thread that has stopped the world can read statistics. */
     out->registered = ng_atomic_load(&shared->registered, NG_RELAXED);
+    out->retained = ng_atomic_load(&shared->retained, NG_RELAXED);
     ng_raw_mutex_lock(&shared->stall_lock);
     out->last_stall = shared->last_stall;
     ng_raw_mutex_unlock(&shared->stall_lock);

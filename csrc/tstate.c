@@ -389,6 +389,42 @@ int ng_tstate_new(ng_interp *interp, ng_tstate **out)
     return NG_OK;
 }
 
+/* ---- Pinned slots ------------------------------------------------------------------- */
+
+int ng_tstate_pin_slot(ng_tstate *ts, ng_qsbr_slot **slot_out)
+{
+    if (slot_out == NULL)
+        return NG_EINVAL;
+    *slot_out = NULL;
+    int err = ng_tstate_check_live(ts);
+    if (err != NG_OK)
+        return err == NG_ERELEASED ? NG_ESTATE : err;
+    /* Acquire: pairs with the release store of a registration (see register_new_slot). */
+    ng_qsbr_slot *slot = ng_atomic_load(&ts->qsbr, NG_ACQUIRE);
+    if (slot == NULL)
+        return NG_ESTATE;
+    /* The memory first: the live state holds a reference to the interpreter, so it cannot be
+     * torn down meanwhile, and once the slot is pinned its reader may need the memory. */
+    ng_interp_ref_memory(ts->interp);
+    err = ng_qsbr_pin(slot);
+    if (err != NG_OK) {
+        ng_interp_unref_memory(ts->interp);
+        return err;
+    }
+    *slot_out = slot;
+    return NG_OK;
+}
+
+void ng_tstate_unpin_slot(ng_qsbr_slot *slot)
+{
+    if (slot == NULL || slot->shared == NULL)
+        return;
+    /* The pin's reference keeps the memory, so slot->shared still is this interpreter's. */
+    ng_interp *interp = NG_CONTAINER_OF(slot->shared, ng_interp, qsbr);
+    (void)ng_qsbr_unpin(slot);
+    ng_interp_unref_memory(interp);
+}
+
 /* ---- Attach / detach ----------------------------------------------------------------- */
 
 /* Parks until a stop-the-world restart (or the interpreter's deletion) moves the state out of

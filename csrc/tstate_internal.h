@@ -79,6 +79,12 @@ typedef struct ng_interp_impl {
      * unregisters its QSBR slot. The last reference runs the leftover delayed work, frees the
      * QSBR segments and quarantines the memory. */
     intptr_t refs;
+    /* References to the memory alone: one while `refs` is not zero, and one per QSBR slot
+     * pinned through ng_tstate_pin_slot, whose reader may load the write sequence and the
+     * slot's seq after the teardown. The last one frees the QSBR segments and quarantines
+     * the memory; the teardown that `refs` runs (late delayed work, extensions) does not wait
+     * for it. */
+    intptr_t mem_refs;
     uint32_t deleting; /* under head_lock: ng_tstate_new refuses new states */
     /* ng_thread_id() of the thread that holds stw.mutex (0: none); relaxed, only compared
      * with the caller's own id (a thread always sees its own writes). */
@@ -139,6 +145,22 @@ void ng_gil_forget_holder(ng_tstate *ts);
 
 void ng_interp_ref(ng_interp *interp);
 void ng_interp_unref(ng_interp *interp);
+/* A reference to the interpreter's memory only (see mem_refs); the caller holds a reference of
+ * either kind. */
+void ng_interp_ref_memory(ng_interp *interp);
+void ng_interp_unref_memory(ng_interp *interp);
+
+/* Pins the QSBR slot of the live state `ts` for a reader that compares its seq with the
+ * interpreter's write sequence at any time, without knowing whether the state is still there
+ * (the Go wrapper's inlined quiescent report): a slot the state gives back is retained, offline
+ * (ng_qsbr_pin), and the interpreter's memory, which holds the write sequence and the slot
+ * segments, stays, until ng_tstate_unpin_slot. So the two words stay readable and equal only
+ * while the state is live, attached and up to date. The caller keeps `ts` live during the
+ * call. NG_OK, NG_EINVAL, NG_ESTATE (no slot: a fork child's state not yet re-registered). */
+int ng_tstate_pin_slot(ng_tstate *ts, ng_qsbr_slot **slot_out);
+/* Drops the pin; the last pin of a given-back slot frees it, the last reference of a deleted
+ * interpreter quarantines its memory. Any thread, holding no QSBR mutex. */
+void ng_tstate_unpin_slot(ng_qsbr_slot *slot);
 
 /* fork() handlers of the layer, called from fork.c's pthread_atfork handlers (the child one
  * after the parking lot was reset). */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "qsbr_internal.h"
+#include "tstate_internal.h"
 
 #ifdef NOGIL_TORTURE
 #define EXPECTED_INITIAL (UINT64_MAX - 2 * UINT64_C(1000))
@@ -1005,6 +1006,247 @@ TEST(qsbr_after_fork_keeps_only_the_survivor)
     drop_slot(s.dead_registered);
     CHECK_STATUS(ng_qsbr_unreserve(s.dead_reserved), NG_OK);
     CHECK_STATUS(ng_qsbr_fini(&s.shared), NG_OK);
+}
+
+/* ---- Pinned slots --------------------------------------------------------------------- */
+
+/* A slot given back while pinned is retained: offline (and so never equal to a write sequence,
+ * which is odd, also across the wrap), skipped by scans, not handed out, not counted as
+ * registered, and blocking fini; the last unpin frees it. A pin without a give-back just
+ * goes. */
+TEST(qsbr_pinned_slot_is_retained_until_unpinned)
+{
+    ng_qsbr_shared shared;
+    ng_tstate ts[3];
+    memset(ts, 0, sizeof ts);
+    REQUIRE(CHECK_STATUS(ng_qsbr_init(&shared), NG_OK));
+    ng_qsbr_slot *a = new_slot(&shared, &ts[0]);
+    ng_qsbr_slot *b = new_slot(&shared, &ts[1]);
+    REQUIRE(a != NULL && b != NULL);
+    CHECK_STATUS(ng_qsbr_pin(NULL), NG_EINVAL);
+    CHECK_STATUS(ng_qsbr_unpin(NULL), NG_EINVAL);
+    CHECK_STATUS(ng_qsbr_unpin(a), NG_ESTATE); /* not pinned */
+    CHECK_STATUS(ng_qsbr_pin(a), NG_OK);
+    CHECK_STATUS(ng_qsbr_pin(a), NG_OK); /* pins count */
+    ng_qsbr_attach(a);
+    CHECK_EQ(ng_atomic_load(&a->seq, NG_RELAXED), ng_qsbr_shared_current(&shared));
+    ng_qsbr_detach(a);
+    CHECK_STATUS(ng_qsbr_unregister(a), NG_OK);
+    CHECK_EQ(a->allocated, 1);
+    CHECK_EQ(a->retained, 1);
+    CHECK_PTR_EQ(a->tstate, NULL);
+    CHECK_EQ(ng_atomic_load(&a->seq, NG_RELAXED), NG_QSBR_OFFLINE);
+    ng_qsbr_stats st = stats_of(&shared);
+    CHECK_EQ(st.registered, 1);
+    CHECK_EQ(st.retained, 1);
+    CHECK_STATUS(ng_qsbr_unregister(a), NG_ESTATE); /* no owner any more */
+    CHECK_STATUS(ng_qsbr_unreserve(a), NG_ESTATE);
+    CHECK_STATUS(ng_qsbr_register(a, &ts[2]), NG_ESTATE);
+    CHECK_STATUS(ng_qsbr_pin(a), NG_ESTATE);
+
+    /* Not handed out: a new owner gets fresh space, and its online seq is its own. */
+    ng_qsbr_slot *c = new_slot(&shared, &ts[2]);
+    REQUIRE(c != NULL);
+    CHECK(c != a);
+    ng_qsbr_attach(b);
+    ng_qsbr_attach(c);
+    /* Skipped by scans; its seq never equals the write sequence, across the wrap too (the
+     * torture build starts 1000 advances before it). */
+    for (int i = 0; i < 1100; i++) {
+        uint64_t goal = ng_qsbr_advance(&shared);
+        ng_qsbr_quiescent_state(b);
+        ng_qsbr_quiescent_state(c);
+        if (!CHECK(ng_qsbr_poll(b, goal)))
+            break;
+        if (!CHECK(ng_atomic_load(&a->seq, NG_RELAXED) != ng_qsbr_shared_current(&shared)))
+            break;
+    }
+    CHECK_STATUS(ng_qsbr_fini(&shared), NG_EBUSY);
+
+    CHECK_STATUS(ng_qsbr_unpin(a), NG_OK);
+    CHECK_EQ(a->retained, 1); /* one pin left */
+    CHECK_STATUS(ng_qsbr_unpin(a), NG_OK);
+    CHECK_EQ(a->allocated, 0);
+    CHECK_EQ(a->retained, 0);
+    st = stats_of(&shared);
+    CHECK_EQ(st.registered, 2);
+    CHECK_EQ(st.retained, 0);
+    CHECK_STATUS(ng_qsbr_unpin(a), NG_ESTATE);
+
+    /* Freed: the next owner gets it. A pin of a live slot just goes; a reserved slot given
+     * back while pinned is retained too. */
+    ng_qsbr_slot *d = NULL;
+    REQUIRE(CHECK_STATUS(ng_qsbr_reserve(&shared, &d), NG_OK));
+    CHECK_PTR_EQ(d, a);
+    CHECK_STATUS(ng_qsbr_pin(d), NG_OK);
+    CHECK_STATUS(ng_qsbr_unreserve(d), NG_OK);
+    CHECK_EQ(d->retained, 1);
+    CHECK_EQ(stats_of(&shared).retained, 1);
+    CHECK_STATUS(ng_qsbr_unpin(d), NG_OK);
+    CHECK_STATUS(ng_qsbr_pin(b), NG_OK);
+    CHECK_STATUS(ng_qsbr_unpin(b), NG_OK);
+    ng_qsbr_detach(b);
+    ng_qsbr_detach(c);
+    drop_slot(b);
+    drop_slot(c);
+    CHECK_EQ(b->allocated, 0);
+    st = stats_of(&shared);
+    CHECK_EQ(st.registered, 0);
+    CHECK_EQ(st.retained, 0);
+    CHECK_STATUS(ng_qsbr_fini(&shared), NG_OK);
+}
+
+/* Child of fork(): a dead thread's pinned slot is retained, not freed, even if it was online;
+ * a slot retained before the fork stays so; the others are freed as usual. */
+enum {
+    QPIN_SURVIVOR = 1 << 0,
+    QPIN_DEAD_PINNED = 1 << 1,
+    QPIN_RETAINED = 1 << 2,
+    QPIN_DEAD_FREED = 1 << 3,
+    QPIN_COUNTS = 1 << 4,
+    QPIN_REUSE = 1 << 5,
+};
+
+static const char *const qpin_names[] = {
+    "the survivor's slot lost its owner or its allocation",
+    "a dead thread's pinned slot was not retained offline",
+    "a slot retained before the fork changed",
+    "a dead thread's unpinned slot was not freed",
+    "registered/retained counts are wrong",
+    "a reservation got a retained slot",
+};
+
+struct qpin_scene {
+    ng_qsbr_shared shared;
+    ng_qsbr_slot *survivor, *dead_pinned, *retained, *dead;
+    ng_tstate ts[4];
+};
+
+static int qpin_child(struct qpin_scene *s)
+{
+    int failed = 0;
+    ng_qsbr_after_fork(&s->shared, s->survivor);
+    if (!s->survivor->allocated || s->survivor->tstate != &s->ts[0])
+        failed |= QPIN_SURVIVOR;
+    if (!s->dead_pinned->allocated || !s->dead_pinned->retained ||
+        s->dead_pinned->tstate != NULL || s->dead_pinned->seq != NG_QSBR_OFFLINE)
+        failed |= QPIN_DEAD_PINNED;
+    if (!s->retained->allocated || !s->retained->retained || s->retained->pins != 1)
+        failed |= QPIN_RETAINED;
+    if (s->dead->allocated)
+        failed |= QPIN_DEAD_FREED;
+    ng_qsbr_stats st;
+    ng_qsbr_get_stats(&s->shared, &st);
+    if (st.registered != 1 || st.retained != 2)
+        failed |= QPIN_COUNTS;
+    for (int i = 0; i < 4; i++) {
+        ng_qsbr_slot *slot = NULL;
+        if (ng_qsbr_reserve(&s->shared, &slot) != NG_OK || slot == s->dead_pinned ||
+            slot == s->retained)
+            failed |= QPIN_REUSE;
+    }
+    return failed;
+}
+
+TEST(qsbr_after_fork_retains_pinned_slots)
+{
+    static struct qpin_scene s;
+    memset(&s, 0, sizeof s);
+    ng_qsbr_init(&s.shared);
+    s.survivor = new_slot(&s.shared, &s.ts[0]);
+    s.dead_pinned = new_slot(&s.shared, &s.ts[1]);
+    s.retained = new_slot(&s.shared, &s.ts[2]);
+    s.dead = new_slot(&s.shared, &s.ts[3]);
+    REQUIRE(s.survivor && s.dead_pinned && s.retained && s.dead);
+    CHECK_STATUS(ng_qsbr_pin(s.dead_pinned), NG_OK);
+    CHECK_STATUS(ng_qsbr_pin(s.retained), NG_OK);
+    CHECK_STATUS(ng_qsbr_unregister(s.retained), NG_OK);
+    ng_qsbr_attach(s.survivor);
+    ng_qsbr_attach(s.dead_pinned); /* online when the fork happens */
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20);
+        _exit(qpin_child(&s));
+    }
+    CHECK_GT(pid, 0);
+    if (pid > 0) {
+        int status = wait_child(pid, 60000);
+        if (status == -1 || !WIFEXITED(status))
+            harness_fail(__FILE__, __LINE__, "fork child hung or died (status %d)", status);
+        else
+            for (int bit = 0; bit < (int)(sizeof qpin_names / sizeof qpin_names[0]); bit++)
+                if (WEXITSTATUS(status) & (1 << bit))
+                    harness_fail(__FILE__, __LINE__, "fork child: %s", qpin_names[bit]);
+    }
+    ng_qsbr_detach(s.survivor);
+    ng_qsbr_detach(s.dead_pinned);
+    drop_slot(s.survivor);
+    drop_slot(s.dead_pinned);
+    drop_slot(s.dead);
+    CHECK_STATUS(ng_qsbr_unpin(s.dead_pinned), NG_OK);
+    CHECK_STATUS(ng_qsbr_unpin(s.retained), NG_OK);
+    ng_qsbr_stats st = stats_of(&s.shared);
+    CHECK_EQ(st.registered, 0);
+    CHECK_EQ(st.retained, 0);
+    CHECK_STATUS(ng_qsbr_fini(&s.shared), NG_OK);
+}
+
+/* The thread-state layer's pin (the Go wrapper's): a released state's slot stays offline and
+ * out of use, and the deleted interpreter's memory (the write sequence, the slot segments)
+ * stays readable, until the unpin, whose last reference quarantines it. Under ASan a read of
+ * freed or quarantined memory here would be reported. */
+TEST(tstate_pinned_slot_outlives_release_and_deletion)
+{
+    ng_interp *in = NULL;
+    REQUIRE(CHECK_STATUS(ng_interp_new(&in), NG_OK));
+    ng_tstate *ts = NULL;
+    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK));
+    ng_qsbr_slot *slot = NULL;
+    CHECK_STATUS(ng_tstate_pin_slot(NULL, &slot), NG_EINVAL);
+    CHECK_STATUS(ng_tstate_pin_slot(ts, NULL), NG_EINVAL);
+    REQUIRE(CHECK_STATUS(ng_tstate_pin_slot(ts, &slot), NG_OK));
+    CHECK_PTR_EQ(slot, ts->qsbr);
+    uint64_t *wr = &in->qsbr.wr_seq;
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    ng_qsbr_quiescent_state(slot);
+    CHECK_EQ(ng_atomic_load(&slot->seq, NG_SEQ_CST), ng_atomic_load(wr, NG_SEQ_CST));
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    CHECK_EQ(ng_atomic_load(&slot->seq, NG_SEQ_CST), NG_QSBR_OFFLINE);
+    ng_interp_stats st;
+    ng_interp_get_stats(in, &st);
+    CHECK_EQ(st.qsbr.registered, 0);
+    CHECK_EQ(st.qsbr.retained, 1);
+
+    /* Another state of the interpreter gets another slot. */
+    ng_tstate *other = NULL;
+    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &other), NG_OK));
+    CHECK(other->qsbr != slot);
+    CHECK_STATUS(ng_tstate_attach(other), NG_OK);
+    CHECK(ng_atomic_load(&slot->seq, NG_SEQ_CST) != ng_atomic_load(wr, NG_SEQ_CST));
+    CHECK_STATUS(ng_tstate_release(other), NG_OK);
+
+    /* Deleted: the teardown runs, the memory stays for the pin. */
+    uint64_t frees = ng_atomic_load(&ng_test_interp_frees, NG_SEQ_CST);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    CHECK_EQ(ng_atomic_load(&ng_test_interp_frees, NG_SEQ_CST), frees);
+    CHECK_EQ(ng_interp_check_live(in), NG_ERELEASED);
+    CHECK_EQ(ng_atomic_load(&slot->seq, NG_SEQ_CST), NG_QSBR_OFFLINE);
+    CHECK(ng_atomic_load(wr, NG_SEQ_CST) % 2 == 1);
+    ng_tstate_unpin_slot(slot);
+    CHECK_EQ(ng_atomic_load(&ng_test_interp_frees, NG_SEQ_CST), frees + 1);
+
+    /* A pin dropped before the release: the release frees the slot itself. */
+    REQUIRE(CHECK_STATUS(ng_interp_new(&in), NG_OK));
+    REQUIRE(CHECK_STATUS(ng_tstate_new(in, &ts), NG_OK));
+    REQUIRE(CHECK_STATUS(ng_tstate_pin_slot(ts, &slot), NG_OK));
+    ng_tstate_unpin_slot(slot);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    ng_interp_get_stats(in, &st);
+    CHECK_EQ(st.qsbr.registered, 0);
+    CHECK_EQ(st.qsbr.retained, 0);
+    frees = ng_atomic_load(&ng_test_interp_frees, NG_SEQ_CST);
+    CHECK_STATUS(ng_interp_delete(in), NG_OK);
+    CHECK_EQ(ng_atomic_load(&ng_test_interp_frees, NG_SEQ_CST), frees + 1);
 }
 
 /* ---- Waiting for a goal ------------------------------------------------------------------ */

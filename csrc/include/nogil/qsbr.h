@@ -8,7 +8,8 @@
  * Beyond CPython: slots live in segments that never move (segment k holds
  * NG_QSBR_FIRST_SEGMENT << k slots), so growing needs neither stop-the-world nor pointer
  * rewriting, and a slot pointer stays valid from reserve to unregister (CPython's R2 and R10
- * cannot happen). A failed poll remembers the slot that held it back, so polling a goal that a
+ * cannot happen), and for as long as it is pinned (ng_qsbr_pin: a given-back slot that is not
+ * reused, so a reader may compare its seq without checking its owner). A failed poll remembers the slot that held it back, so polling a goal that a
  * stalled thread blocks costs one load instead of a scan of every slot.
  *
  * Hot operations (attach, detach, quiescent state, goal check, advance) are inline here; Go
@@ -22,7 +23,7 @@
  * zero. A waiter also wakes every 10 ms by itself, so a report that forgets only delays it.
  *
  * Fork: ng_qsbr_after_fork (called by the interpreter's child handler) frees every slot but the
- * survivor's. Thread exit: the thread-state layer detaches and unregisters the slot.
+ * survivor's and the pinned ones. Thread exit: the thread-state layer detaches and unregisters the slot.
  */
 #ifndef NOGIL_QSBR_H
 #define NOGIL_QSBR_H
@@ -75,11 +76,12 @@ typedef struct ng_qsbr_slot {
     struct ng_tstate *tstate;          /* owner; NULL when free (under shared->mutex) */
     struct ng_qsbr_slot *freelist_next;
     uint32_t index;                    /* position in the slot space, fixed */
-    uint8_t allocated;                 /* reserved or registered (under shared->mutex) */
+    uint8_t allocated;                 /* reserved, registered or retained (under shared->mutex) */
     uint8_t should_process;            /* set when the thresholds were crossed; owner clears */
-    uint16_t reserved0;
+    uint8_t retained;                  /* given back while pinned: offline, no owner (mutex) */
+    uint8_t reserved0;
     uint32_t deferred_count;           /* items since the last forced advance (owner only) */
-    uint32_t reserved1;
+    uint32_t pins;                     /* ng_qsbr_pin holders (under shared->mutex) */
     uint64_t deferred_memory;          /* bytes since the last forced advance (owner only) */
     uint64_t deferred_page_memory;     /* page bytes since the last forced advance (owner only) */
     /* Stall detector bookkeeping, written by scanners with relaxed atomics: the seq this slot
@@ -115,7 +117,8 @@ typedef struct ng_qsbr_shared {
     uint32_t high_water;               /* slots ever handed out; scans stop here */
     ng_mutex mutex;                    /* freelist, allocation, segment growth */
     ng_qsbr_slot *freelist;
-    uint32_t registered;               /* slots in use (stats) */
+    uint32_t registered;               /* slots reserved or registered (stats) */
+    uint32_t retained;                 /* slots given back while pinned (stats) */
     /* Tunables (relaxed loads; set with ng_qsbr_set_limits). */
     uint32_t item_limit;
     uint64_t mem_limit;
@@ -137,7 +140,8 @@ typedef struct ng_qsbr_shared {
 /* Initialises `shared` (wr_seq = rd_seq = initial, which is NG_QSBR_INITIAL unless the
  * nogil_torture build starts near 2^64). NG_OK or NG_EINVAL. */
 int ng_qsbr_init(ng_qsbr_shared *shared);
-/* Frees the segments. Every slot must have been unregistered (else NG_EBUSY, nothing done). */
+/* Frees the segments. Every slot must have been unregistered and unpinned (else NG_EBUSY,
+ * nothing done). */
 int ng_qsbr_fini(ng_qsbr_shared *shared);
 
 /* Reserves a free slot (growing by a new segment when none is free). The slot is allocated but
@@ -147,8 +151,22 @@ int ng_qsbr_reserve(ng_qsbr_shared *shared, ng_qsbr_slot **slot_out);
 int ng_qsbr_unreserve(ng_qsbr_slot *slot);
 /* Links a reserved slot to its owner. */
 int ng_qsbr_register(ng_qsbr_slot *slot, struct ng_tstate *tstate);
-/* Returns the slot to the freelist. It must be detached (seq 0): NG_ESTATE otherwise. */
+/* Returns the slot to the freelist, or retains it while it is pinned (see ng_qsbr_pin). It
+ * must be detached (seq 0): NG_ESTATE otherwise. */
 int ng_qsbr_unregister(ng_qsbr_slot *slot);
+
+/* Pins a reserved or registered slot for a reader that compares its seq with wr_seq without
+ * knowing whether the owner is still there (the Go wrapper's quiescent reports: equal means
+ * "live, attached and up to date" only if nobody else can own the slot). While pinned, a slot
+ * its owner gives back (unregister, unreserve) is *retained*: it stays offline (seq 0, which
+ * no write sequence equals: they are odd), is skipped by scans like any offline slot and is
+ * not handed out again; the last ng_qsbr_unpin frees it. The pin does not keep the shared
+ * state alive: the pinner must (the thread-state layer pins the interpreter's memory).
+ * Retained slots count in the statistics' `retained`, not in `registered`. NG_OK, NG_EINVAL,
+ * NG_ESTATE (free or retained already). */
+int ng_qsbr_pin(ng_qsbr_slot *slot);
+/* Drops a pin; the last one frees a retained slot. NG_OK, NG_EINVAL, NG_ESTATE (not pinned). */
+int ng_qsbr_unpin(ng_qsbr_slot *slot);
 
 /* Tunables: item count, bytes of delayed frees, bytes of deferred pages; 0 keeps the current
  * value. */
@@ -256,7 +274,9 @@ int ng_qsbr_wait(ng_qsbr_slot *slot, uint64_t goal, int64_t timeout_ns);
 uint64_t ng_qsbr_goal_for_free(ng_qsbr_slot *slot, size_t size);
 uint64_t ng_qsbr_goal_for_page(ng_qsbr_slot *slot, size_t page_bytes);
 
-/* Child of fork(): reset the mutex and free every slot but `survivor` (may be NULL). */
+/* Child of fork(): reset the mutex and free every slot but `survivor` (may be NULL) and the
+ * pinned ones, which are retained (their pins belong to readers that outlive the dead
+ * threads, and only those readers may free them). */
 void ng_qsbr_after_fork(ng_qsbr_shared *shared, ng_qsbr_slot *survivor);
 
 typedef struct ng_qsbr_stats {
@@ -264,6 +284,7 @@ typedef struct ng_qsbr_stats {
     uint32_t registered, capacity;
     uint64_t scans, advances, stalls_reported;
     ng_qsbr_stall last_stall;
+    uint32_t retained;
 } ng_qsbr_stats;
 void ng_qsbr_get_stats(ng_qsbr_shared *shared, ng_qsbr_stats *out);
 
