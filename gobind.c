@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "gobind.h"
+#include "tstate_internal.h"
 
 /* ---- Bindings ---------------------------------------------------------------------------- */
 
@@ -18,10 +19,19 @@
 static pthread_key_t bindings_key;
 static int bindings_key_ok;
 
-void ng_go_binding_unref(ng_go_binding *b)
+static void binding_unref(ng_go_binding *b)
 {
     if (ng_atomic_fetch_sub(&b->refs, 1, NG_ACQ_REL) == 1)
         free(b);
+}
+
+void ng_go_binding_collected(ng_go_binding *b)
+{
+    /* No reader is left: the wrapper and every QuiescentReporter copy (which holds the
+     * wrapper) are unreachable. The slot may still be the live state's (a wrapper collected
+     * without Release): then the pin just goes, and its release frees the slot. */
+    ng_tstate_unpin_slot(b->slot);
+    binding_unref(b);
 }
 
 static void bindings_exit(void *head)
@@ -31,7 +41,7 @@ static void bindings_exit(void *head)
         next = b->next;
         /* Seq-cst: the Go side reads it with sync/atomic. */
         ng_atomic_store(&b->dead, NG_GO_THREAD_EXITED, NG_SEQ_CST);
-        ng_go_binding_unref(b);
+        binding_unref(b);
     }
 }
 
@@ -58,11 +68,19 @@ ng_go_binding *ng_go_bind(ng_interp *interp, int *status)
         *status = st;
         return NULL;
     }
+    st = ng_tstate_pin_slot(ts, &b->slot);
+    if (st != NG_OK) {
+        ng_tstate_release(ts);
+        free(b);
+        *status = st;
+        return NULL;
+    }
     b->ts = ts;
     b->refs = 2;
     b->next = pthread_getspecific(bindings_key);
     if (pthread_setspecific(bindings_key, b) != 0) {
         ng_tstate_release(ts);
+        ng_tstate_unpin_slot(b->slot);
         free(b);
         *status = NG_ENOMEM;
         return NULL;
@@ -90,7 +108,7 @@ int ng_go_release(ng_go_binding *b)
             }
         }
     }
-    ng_go_binding_unref(b);
+    binding_unref(b);
     return NG_OK;
 }
 

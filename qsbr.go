@@ -26,46 +26,48 @@ const (
 // one is quiescent anyway): ErrState otherwise. A sync/atomic store; no cgo call.
 //
 // Like liburcu's report, it writes nothing while the state's QSBR slot already holds the
-// current write sequence. That common case is inlined into the caller and costs three
-// atomic loads (the state is live, and the slot's and the interpreter's sequences are
-// equal), without the check of the calling goroutine: outside race-detector builds, a call
-// from another goroutine while the state is attached and has nothing new to report returns
-// nil and does nothing. Every call that has something to write, and every call on a
-// detached, released or shut-down state, is fully checked (ErrWrongThread, ErrReleased,
-// ErrState, ErrClosed). Race-detector builds, the debug builds, check every call.
+// current write sequence. That common case is inlined into the caller and costs two atomic
+// loads (the slot's and the interpreter's sequences are equal), without the check of the
+// calling goroutine: outside race-detector builds, a call from another goroutine while the
+// state is attached and has nothing new to report returns nil and does nothing. Every call
+// that has something to write, and every call on a detached, released or shut-down state, is
+// fully checked (ErrWrongThread, ErrReleased, ErrState, ErrClosed). Race-detector builds, the
+// debug builds, check every call.
 func (ts *ThreadState) QuiescentState() error {
 	return ts.idleOr(false, (*ThreadState).quiescentChecked)
 }
 
 // idleOr is the inlined fast path of QuiescentState (withPending false) and Checkpoint
-// (withPending true): nil if ts is live, its slot holds the current write sequence and, with
+// (withPending true): nil if ts's slot holds the current write sequence and, with
 // withPending, nothing is pending; otherwise slow(ts), which checks everything and does the
 // work. slow is a parameter only to keep QuiescentState and Checkpoint within the inlining
 // budget (the inliner charges less for a call through a parameter; once inlined, it is a
 // call of the constant function). The nested ifs keep the compiled code to branches (an &&
 // chain materialises a bool).
 //
-// A slot holds the current sequence only while its state is attached: detached, suspended
-// or shut down, it holds NG_QSBR_OFFLINE (0), which no write sequence (odd) equals. So a
-// state that is not attached always takes the checked path, and this path writes nothing.
+// The two sequences are equal only while the state is live and attached, so that is all
+// this path tests:
+//   - Detached, suspended or shut down, the slot holds NG_QSBR_OFFLINE (0), which no write
+//     sequence (odd, also across the 64-bit wrap) equals.
+//   - Released (or its thread exited), the slot is offline too, and stays so: Bind pinned it
+//     for this wrapper (ng_tstate_pin_slot), so the release does not hand it to another
+//     state, whose attached seq could equal the write sequence. The pin goes when the wrapper
+//     is garbage collected, and a QuiescentReporter holds the wrapper.
+//   - Both words stay readable as long as the wrapper lives: the pin also holds the
+//     interpreter's memory (its write sequence and the slot segments), even after Close.
 //
-// The liveness load comes first and guards the others: the binding that holds `dead` lives
-// as long as the wrapper, while the slot and the interpreter's sequence (and the thread
-// state's pending word) live until the state is released and, after that, only as long as
-// the interpreter (a thread state holds a reference to its interpreter until its release;
-// the slot segments are freed with the interpreter). Only the bound goroutine releases a
-// state explicitly, and its thread cannot exit while it runs, so for that goroutine nothing
-// frees those words between the loads; another goroutine must not call this concurrently
-// with the release (as for State), and a call after it, or after the thread's exit, sees
-// dead set and reads nothing else.
+// So a state that is not live and attached always takes the checked path, which reads the
+// liveness word first, and this path writes nothing. The pending word, which lives in the
+// thread state and is recycled after the release, is read only once the sequences said the
+// state is live. Only the bound goroutine releases a state, so for it nothing changes
+// between the loads; another goroutine calling concurrently with the release may read a
+// recycled pending word, which only decides whether it returns nil or takes the checked path.
 func (ts *ThreadState) idleOr(withPending bool, slow func(*ThreadState) error) error {
 	if !raceEnabled && ts != nil {
-		if d := ts.dead; d != nil {
-			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
-				if atomic.LoadUint64(ts.seq) == atomic.LoadUint64(ts.wrSeq) {
-					if !withPending || atomic.LoadUintptr(ts.pending) == 0 {
-						return nil
-					}
+		if s := ts.seq; s != nil {
+			if atomic.LoadUint64(s) == atomic.LoadUint64(ts.wrSeq) {
+				if !withPending || atomic.LoadUintptr(ts.pending) == 0 {
+					return nil
 				}
 			}
 		}
@@ -122,7 +124,7 @@ func (ts *ThreadState) report(wr uint64) {
 // waiting detached until that work can run). The goroutine must hold no pointers into
 // QSBR-protected memory across it. The state must be attached: ErrState otherwise.
 //
-// When there is nothing to report and nothing pending, it is four atomic loads inlined into
+// When there is nothing to report and nothing pending, it is three atomic loads inlined into
 // the caller, with the relaxed check of QuiescentState: outside race-detector builds, such a
 // call from another goroutine returns nil and does nothing. Every call that reports, handles
 // a request or finds the state detached, released or shut down is fully checked. What is

@@ -1,10 +1,5 @@
 package nogil
 
-/*
-#include "gobind.h"
-*/
-import "C"
-
 import "sync/atomic"
 
 // A QuiescentReporter is ThreadState.QuiescentState for hot loops: a small value that holds
@@ -18,8 +13,7 @@ import "sync/atomic"
 // Report's: a loop that tests QuiescentState's error saves only the reloads (see
 // QuiescentState). The zero value is not usable: it reports ErrInvalid.
 type QuiescentReporter struct {
-	dead  *uint32 // ts.dead, nil in the zero value
-	seq   *uint64 // ts.seq
+	seq   *uint64 // ts.seq, nil in the zero value
 	wrSeq *uint64 // ts.wrSeq
 	ts    *ThreadState
 }
@@ -30,7 +24,7 @@ func (ts *ThreadState) QuiescentReporter() QuiescentReporter {
 	if ts == nil {
 		return QuiescentReporter{}
 	}
-	return QuiescentReporter{dead: ts.dead, seq: ts.seq, wrSeq: ts.wrSeq, ts: ts}
+	return QuiescentReporter{seq: ts.seq, wrSeq: ts.wrSeq, ts: ts}
 }
 
 // ThreadState returns the thread state r reports for, nil for the zero value.
@@ -38,7 +32,7 @@ func (r QuiescentReporter) ThreadState() *ThreadState { return r.ts }
 
 // QuiescentState is ThreadState.QuiescentState of r's thread state, with the same checks,
 // errors and relaxed goroutine check on the idle path: inlined, a call with nothing to write
-// is three atomic loads through r's pointers. On the zero value, ErrInvalid.
+// is two atomic loads through r's pointers. On the zero value, ErrInvalid.
 //
 // A loop that tests the error pays for it: the inlined nil and the checked path's error
 // meet before the caller's test, which costs a second taken branch per call (Go does not
@@ -49,8 +43,8 @@ func (r QuiescentReporter) QuiescentState() error {
 
 // Report is QuiescentState returning whether it succeeded, for the hottest loops: the test
 // of its bool folds into the inlined branches, so a call with nothing to write costs a nil
-// test and the three loads, each with a branch not taken, and no jump. After false, Err
-// says why.
+// test and the two loads and their compare, each with a branch not taken, and no jump (the
+// loop C code runs). After false, Err says why.
 func (r QuiescentReporter) Report() bool {
 	return r.idleOrOK(reportChecked)
 }
@@ -68,17 +62,14 @@ func (r QuiescentReporter) Err() error { return reporterChecked(r.ts) }
 // take it, so that every call is checked. They spell the same nested ifs out rather than
 // share a bool helper: the bool's test would not fold into the caller's.
 //
-// The order of the loads, and what makes them safe, is that of ThreadState.idleOr: the
-// liveness word lives in the binding, which r's ThreadState keeps alive (r holds the
-// wrapper, whose cleanup drops the binding), so it may always be read; the slot and the
-// interpreter's sequence are read only once it says the state is live.
+// What makes the two loads enough, and safe, is explained at ThreadState.idleOr: the slot
+// is pinned until r's ThreadState is garbage collected (r holds it), so both words stay
+// readable and are equal only while the state is live, attached and up to date.
 func (r QuiescentReporter) idleOrErr(slow func(*ThreadState) error) error {
 	if !raceEnabled {
-		if d := r.dead; d != nil {
-			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
-				if atomic.LoadUint64(r.seq) == atomic.LoadUint64(r.wrSeq) {
-					return nil
-				}
+		if s := r.seq; s != nil {
+			if atomic.LoadUint64(s) == atomic.LoadUint64(r.wrSeq) {
+				return nil
 			}
 		}
 	}
@@ -87,11 +78,9 @@ func (r QuiescentReporter) idleOrErr(slow func(*ThreadState) error) error {
 
 func (r QuiescentReporter) idleOrOK(slow func(*ThreadState) bool) bool {
 	if !raceEnabled {
-		if d := r.dead; d != nil {
-			if atomic.LoadUint32(d) == C.NG_GO_LIVE {
-				if atomic.LoadUint64(r.seq) == atomic.LoadUint64(r.wrSeq) {
-					return true
-				}
+		if s := r.seq; s != nil {
+			if atomic.LoadUint64(s) == atomic.LoadUint64(r.wrSeq) {
+				return true
 			}
 		}
 	}

@@ -42,7 +42,7 @@ type ThreadState struct {
 	edges  *raceEdges
 	b      *C.ng_go_binding
 	c      *C.ng_tstate
-	slot   *C.ng_qsbr_slot // fixed from creation to release
+	slot   *C.ng_qsbr_slot // fixed from creation; pinned until the wrapper is collected
 
 	// The words the fast paths use with sync/atomic: the same words the C core uses (see
 	// csrc/include/nogil/tstate.h and qsbr.h; TestQSBRLayoutGoMatchesC checks the offsets).
@@ -50,8 +50,8 @@ type ThreadState struct {
 	state    *uint32  // ts->state
 	pending  *uintptr // ts->pending
 	holdsGIL *uint32  // ts->holds_gil
-	seq      *uint64  // ts->qsbr->seq
-	wrSeq    *uint64  // interp->qsbr.wr_seq
+	seq      *uint64  // ts->qsbr->seq; readable while the wrapper lives (the slot's pin)
+	wrSeq    *uint64  // interp->qsbr.wr_seq; likewise (the pin holds the interpreter's memory)
 	rdSeq    *uint64  // interp->qsbr.rd_seq
 
 	token   uintptr // gtoken of the goroutine that called Bind
@@ -130,14 +130,14 @@ func (in *Interpreter) Bind() (*ThreadState, error) {
 		id:       uint64(c.id),
 	}
 	// The binding outlives both the wrapper and the state: the wrapper's reference goes
-	// when the wrapper is collected.
+	// when the wrapper is collected, and with it the pin of the slot (see idleOr).
 	what := fmt.Sprintf("ThreadState %d of interpreter %p", ts.id, in.c)
 	ts.cleanup = runtime.AddCleanup(ts, func(b *C.ng_go_binding) {
 		if atomic.LoadUint32((*uint32)(unsafe.Pointer(&b.dead))) == C.NG_GO_LIVE {
 			reportLeak(what + " garbage-collected without Release; it stays bound to " +
 				"its OS thread until that thread exits")
 		}
-		C.ng_go_binding_unref(b)
+		C.ng_go_binding_collected(b)
 	}, b)
 	return ts, nil
 }

@@ -229,8 +229,10 @@ func onAttachedState(measure func(ts *nogil.ThreadState) (int64, time.Duration, 
 
 // quiescentFloor measures the floor under nogil-go: the same loop doing only what a report
 // with nothing to write must do, the two sync/atomic loads of the C words (the slot's seq,
-// the shared wr_seq) and their compare, with no API around it (no liveness check, no error).
-// The difference to nogil-go is the API's cost; the difference to liburcu is Go's.
+// the shared wr_seq) and their compare, with no API around it (no nil test, no error). The
+// difference to nogil-go is the API's cost; the difference to liburcu is Go's. nogil-go-report
+// differs from it only by the test of the reporter's zero value: the slot a ThreadState's
+// reports read is pinned for it, so no liveness load is needed (see ThreadState.idleOr).
 func quiescentFloor(d time.Duration) (ops int64, elapsed time.Duration, err error) {
 	var handle unsafe.Pointer
 	var seqC, wrC *C.uint64_t
@@ -612,7 +614,7 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 	fmt.Fprintf(w, "a QuiescentReporter taken before the loop (addresses in registers, as C keeps its slot pointer),\n")
 	fmt.Fprintf(w, "its error tested; nogil-go-report: QuiescentReporter.Report, a bool whose test folds into the\n")
 	fmt.Fprintf(w, "inlined branches; go-floor: reference, the loop with only the two sync/atomic loads of the same\n")
-	fmt.Fprintf(w, "C words and their compare (no API, no liveness load); liburcu: inline urcu_qsbr_quiescent_state\n")
+	fmt.Fprintf(w, "C words and their compare (no API: no nil test, no error); liburcu: inline urcu_qsbr_quiescent_state\n")
 	fmt.Fprintf(w, "(_LGPL_SOURCE).\n\n")
 
 	// Grace periods.
