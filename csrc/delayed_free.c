@@ -10,10 +10,10 @@
  * barrier and the release of a detached state cannot splice the same queue at once. That
  * mutex is held only for bounded list work: it is taken without detaching, and no user code
  * runs while it is held (no entry, and no poll that scans, since a scan may call the stall
- * handler), so its holder is never suspended while holding it (the fork handler waits for it
- * with every world stopped). Lock
- * order: interp->delayed.mutex, then head_lock. A barrier only try-locks it while the world
- * is stopped (R9: the fork handler holds it while waiting for its own stop).
+ * handler), so its holder is never suspended while holding it: the fork handler waits for it
+ * with every world stopped. Lock order: interp->delayed.mutex, then head_lock. A barrier
+ * only try-locks it while the world is stopped (R9: never wait, with a world stopped, for a
+ * lock; a holder the stop suspended would never release it).
  *
  * Entries run outside every lock, and the read index moves past an entry before it runs, so a
  * running entry may queue more work into the same queue, process it, or fill it (spec 2.8):
@@ -692,8 +692,8 @@ int ng_qsbr_barrier(ng_tstate *ts)
 
     /* Stop the world holding the interpreter queue's mutex, which also serialises us with
      * ng_delayed_abandon of states released meanwhile. Only a try-lock while stopped (R9):
-     * the fork handler holds that mutex while it waits to stop the world itself, so on
-     * failure restart the world and try again. */
+     * no holder of that mutex can be suspended (see the top comment), but a wait with the
+     * world stopped must not rest on that; on failure restart the world and try again. */
     int64_t retry_pause = 1000;
     for (;;) {
         rc = ng_stop_the_world(interp, ts);
