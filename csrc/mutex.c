@@ -1,11 +1,24 @@
 /* Slow paths of ng_mutex (bits and fast paths in nogil/mutex.h). */
+#include <limits.h>
 #include <sched.h>
 
 #include "internal.h"
 
-/* CPython spins 40 times; on the 2-CPU machine we measure on, 100 yields gave about 25%
- * more contended throughput at critical-section length 10 (cmd/nogil lockbench). */
-#define DEFAULT_SPINS 100
+/* How long a contended locker spins (yielding the CPU) before it parks. The bound is time, not
+ * a count of yields as in CPython: when two threads contend, the waiter's spin ends with it
+ * taking the lock (its look at the byte before parking meets one of the owner's unlocks), so
+ * the length of the spin is the length of the other thread's turn. Counted in yields, that
+ * length followed each CPU's sched_yield cost, which on the 2-vCPU VM we measure on differed
+ * 3x between the vCPUs at the same moment (4 vs 12 us) and reached milliseconds per yield when
+ * another task shared the CPU; one thread's turns were then 3x the other's, and lockbench's
+ * Jain index fell to 0.59-0.87 at 2 threads (100 yields).
+ * A fixed time gives both threads the same turn. 300 us: well under the 1 ms hand-off (which
+ * stays the backstop for parked waiters), and long turns keep the owner on its fast path; 100
+ * us was as fair and 10-20% slower at cs 1. */
+#define SPIN_NS INT64_C(300000)
+
+/* With the time bound doing the work, the count limit only serves ng_mutex_set_spin_limit. */
+#define DEFAULT_SPINS INT_MAX
 
 static int64_t handoff_ns = NG_MUTEX_HANDOFF_NS;
 static int spin_limit = -1; /* -1: decide from the CPU count on first use */
@@ -66,6 +79,9 @@ int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
         .fair_at = handoff < 0 ? NG_DEADLINE_NEVER : ng_add_sat(now, handoff),
         .handed_off = 0,
     };
+    /* The spin budget is per call: no state outlives the call, so fork() (the child has only
+     * this thread) and the exit of an owner leave nothing behind. */
+    int64_t spin_until = ng_add_sat(now, SPIN_NS);
     int spins = 0, max_spins = spins_allowed();
 
     for (;;) {
@@ -79,10 +95,14 @@ int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
              * Like CPython 3.13, do not look at the byte while spinning. A spinner that
              * grabbed the lock in the owner's few-cycle unlock-to-relock window would turn
              * contention into long solo bursts whose lengths depend on each CPU's yield
-             * latency; measured, that skewed the threads' shares for whole runs. Spinning
-             * blind and then parking leaves fairness to the 1 ms hand-off. */
+             * latency; measured, that skewed the threads' shares for whole runs. The clock,
+             * not the count, ends the blind spin (see SPIN_NS), so every waiter gives the
+             * owner the same time; one yield that outlasted the whole budget (another task
+             * had the CPU) ends it at once. */
             spins++;
             sched_yield();
+            if (ng_monotonic_ns() >= spin_until)
+                spins = max_spins;
             continue;
         }
         int64_t remaining = timeout_ns < 0 ? -1 : ng_deadline_remaining(deadline);

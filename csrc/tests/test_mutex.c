@@ -1,6 +1,7 @@
 /* ng_mutex: CPython's test_lock.c scenarios with real checks, misuse codes, fair hand-off,
  * and the timeout-versus-hand-off race (R15). */
 #define _GNU_SOURCE
+#include <limits.h>
 #include <stdio.h>
 
 #include "harness.h"
@@ -417,6 +418,40 @@ TEST(mutex_no_handoff_below_threshold)
     }
     CHECK(barged);
     CHECK_EQ(ng_mutex_set_handoff_ns(previous), 10 * NG_NS_PER_SEC);
+}
+
+/* ---- The spin is bounded in time ------------------------------------------------------------ */
+
+struct spin_scene {
+    ng_mutex m;
+    int acquired;
+};
+
+static void *spin_locker(void *p)
+{
+    struct spin_scene *s = p;
+    ng_mutex_lock(&s->m);
+    ng_atomic_store(&s->acquired, 1, NG_SEQ_CST);
+    ng_mutex_unlock(&s->m);
+    return NULL;
+}
+
+TEST(mutex_spin_ends_by_time_not_count)
+{
+    /* With no count limit a waiter must still stop yielding and park once its spin time is
+     * up: that bound is what gives two contending threads turns of equal length whatever each
+     * CPU's yield costs (mutex.c, SPIN_NS). A count-only spin would yield ~2^31 times here. */
+    int previous = ng_mutex_set_spin_limit(INT_MAX);
+    struct spin_scene s = {0};
+    ng_mutex_lock(&s.m);
+    pthread_t t = spawn_thread(spin_locker, &s);
+    CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&s.m.bits) == 1, PATIENCE_MS));
+    CHECK(!ng_atomic_load(&s.acquired, NG_SEQ_CST));
+    CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
+    join_thread(t);
+    CHECK(ng_atomic_load(&s.acquired, NG_SEQ_CST));
+    CHECK_EQ(mutex_byte(&s.m), 0);
+    ng_mutex_set_spin_limit(previous);
 }
 
 /* ---- R15: timed lock racing with a hand-off ------------------------------------------------- */

@@ -5,7 +5,7 @@
  * unlocked, 01 locked, 10 unlocked with waiters (a woken waiter is about to retry), 11 locked
  * with waiters. Zero-initialised = unlocked.
  *
- * Locking spins a bounded number of times on multi-core machines, then parks. A waiter that has
+ * Locking spins (yielding the CPU) for up to 300 us on multi-core machines, then parks. A waiter that has
  * waited longer than the hand-off threshold (1 ms) is handed the lock directly by the unlocker:
  * the byte never shows "unlocked" in between, so a barging thread cannot take it. Otherwise
  * the woken waiter competes with other lockers (barging keeps throughput high).
@@ -110,8 +110,9 @@ void ng_mutex_at_fork_reinit(ng_mutex *m);
  * every contended unlock; a negative value never hands off. For tests and tuning. */
 int64_t ng_mutex_set_handoff_ns(int64_t ns);
 
-/* Sets how many times a contended lock spins before parking (default: 100 on multi-core
- * machines, 0 on one CPU) and returns the previous value. */
+/* Sets how many times at most a contended lock spins before parking, within its 300 us spin
+ * time, and returns the previous value. Default: no count limit (INT_MAX) on multi-core
+ * machines, 0 (park at once) on one CPU. */
 int ng_mutex_set_spin_limit(int spins);
 
 #ifdef __cplusplus
