@@ -221,6 +221,70 @@ TEST(alloc_local_free_is_reused_by_the_owner)
     end_scene(in, ts);
 }
 
+/* The block cache (ng_mi_block_cache) holds the owner's recent frees; a page that leaves its
+ * size class (MEM: back to its segment) or starts waiting for a QSBR goal (object heaps) must
+ * take its cached blocks back first, or the inline path would hand out blocks of a page that
+ * another size class owns now, or of a waiting page (M3: only the slow path may). Page 1 of a
+ * class is emptied while page 2 still serves the class; the next allocations of the class
+ * must all come from elsewhere. */
+static void cache_leaves_with_the_page(ng_mi_heap_kind kind)
+{
+    ALLOC_SCENE(in, ts, h, kind);
+    enum { SIZE = 48, MAX = 4096 };
+    void **ps = calloc(MAX, sizeof *ps);
+    REQUIRE(ps != NULL);
+    int n = 0, first2 = -1;
+    ng_mi_page *page1 = NULL;
+    while (n < MAX) {
+        ps[n] = ng_mi_heap_malloc(h, SIZE);
+        REQUIRE(ps[n] != NULL);
+        ng_mi_page *pg = ng_mi_page_of(ng_mi_segment_of(ps[n]), ps[n]);
+        if (page1 == NULL)
+            page1 = pg;
+        n++;
+        if (pg != page1 && first2 < 0)
+            first2 = n - 1;
+        if (first2 >= 0 && n - first2 == 16)
+            break; /* page 2 keeps free blocks for the class */
+    }
+    REQUIRE(first2 > 0);
+    uintptr_t lo = (uintptr_t)page1->start, hi = lo + page1->area;
+    for (int i = 0; i < n; i++) /* page 1's blocks, oldest first */
+        if ((uintptr_t)ps[i] - lo < hi - lo) {
+            CHECK_STATUS(ng_mi_free(ps[i]), NG_OK);
+            ps[i] = NULL;
+        }
+    if (kind == NG_MI_HEAP_MEM)
+        CHECK(!page1->in_use); /* back in its segment */
+    else
+        CHECK(page1->qsbr_goal != 0); /* waiting */
+    int from_page1 = 0;
+    void *qs[128];
+    for (int i = 0; i < 128; i++) {
+        qs[i] = ng_mi_heap_malloc(h, SIZE);
+        REQUIRE(qs[i] != NULL);
+        from_page1 += (uintptr_t)qs[i] - lo < hi - lo;
+    }
+    CHECK_EQ(from_page1, 0);
+    for (int i = 0; i < 128; i++)
+        CHECK_STATUS(ng_mi_free(qs[i]), NG_OK);
+    for (int i = 0; i < n; i++)
+        if (ps[i] != NULL)
+            CHECK_STATUS(ng_mi_free(ps[i]), NG_OK);
+    free(ps);
+    end_scene(in, ts);
+}
+
+TEST(alloc_cache_blocks_leave_with_a_page_going_back_to_its_segment)
+{
+    cache_leaves_with_the_page(NG_MI_HEAP_MEM);
+}
+
+TEST(alloc_cache_blocks_leave_with_a_page_starting_to_wait)
+{
+    cache_leaves_with_the_page(NG_MI_HEAP_OBJECT);
+}
+
 typedef struct xfree_arg {
     void **blocks;
     size_t from, to;
