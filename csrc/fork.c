@@ -12,6 +12,25 @@
  * interpreter's world and takes their locks; the parent releases them; the child resets them
  * and drops the states of threads that do not exist there (interp.c tells the details).
  *
+ * Lock order of the prepare handler, process-wide:
+ *  1. the list of interpreters (interp.c's all_interps_lock);
+ *  2. every interpreter's stop-the-world (stw.mutex, then the stop);
+ *  3. every interpreter's QSBR mutex;
+ *  4. per interpreter, its delayed-queue mutex, then its head_lock;
+ *  5. the quarantine pools (interpreters, then thread states);
+ *  6. the extension lock and the extensions' own locks (their before_fork).
+ * 1 to 3 are try-locks, taken all or none: when one fails the handler undoes them, pauses
+ * with its state detached and starts again. It may not wait for any of them while it holds
+ * the others: a thread that holds a world stopped goes on to take the list's lock
+ * (ng_interp_new, ng_interp_delete) or a QSBR mutex (ng_tstate_new, ng_tstate_release) and
+ * would wait for the handler, which waited for that world; and a QSBR mutex handed to a
+ * thread that slept in it detached stays held while the handler's stop suspends that thread.
+ * 4 to 6 are waited for: their holders never wait for a stop or get suspended while holding
+ * them (no detaching wait, no checkpoint inside), so the stops cannot make them wait for us.
+ * A world the forking thread holds stopped itself is left stopped (it restarts it later); if
+ * a thread suspended by that stop holds one of these locks (the hand-off above), the handler
+ * cannot get it and retries for ever, so such a thread must not fork.
+ *
  * Extensions (ng_ext_hooks in nogil/tstate.h: the page allocator) hear about the fork here
  * too, at the points that header documents: their before_fork after the stops (their locks
  * may be waited for by attached threads, which the stops park first), their parent hooks

@@ -18,17 +18,19 @@
  * interpreter's queue unconditionally, then drops the list's references.
  *
  * Thread exit: nothing here belongs to a thread. fork(): every live interpreter is on a
- * process-wide list. Before the fork, the prepare handler locks, in this fixed order: the
- * list's mutex; every interpreter's QSBR mutex (waited for with detaching, so it comes before
- * the stops); every interpreter's world (stopped, with the forking thread's attached state as
- * requester); every delayed-queue mutex and head_lock (never held across a wait); the
- * quarantine pools. So no queue, list or slot is mid-update when the address space is copied.
- * The parent releases in reverse. The child re-initialises every one of those locks (the forking thread
- * is their only user now), drops the states of the threads that do not exist any more, hands
- * their delayed work to the interpreter's queue, and resets stop-the-world and the GIL.
+ * process-wide list. Before the fork, the prepare handler takes, in the order fork.c
+ * documents: the list's mutex, every interpreter's world (stopped, with the forking thread's
+ * attached state as requester) and every QSBR mutex, all three with try-locks, backing off
+ * detached when one fails; then every delayed-queue mutex and head_lock (never held across a
+ * wait); the quarantine pools. So no queue, list or slot is mid-update when the address space
+ * is copied. The parent releases in reverse. The child re-initialises every one of those
+ * locks (the forking thread is their only user now), drops the states of the threads that do
+ * not exist any more, hands their delayed work to the interpreter's queue, and resets
+ * stop-the-world and the GIL.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tstate_internal.h"
 
@@ -295,20 +297,83 @@ void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out)
 
 /* ---- fork() -------------------------------------------------------------------------- */
 
-void ng_tstate_layer_before_fork(void)
+/* Restarts the worlds the fork handler stopped (after a failed attempt, or in the parent). */
+static void restart_fork_stops(void)
 {
-    ng_lock_detach(&all_interps_lock);
-    /* Waited for with detaching (by QSBR's users too), so a holder may be suspended by a stop
-     * while it waits for the restart with the mutex handed to it: take it before stopping. */
-    for (ng_interp *in = all_interps; in != NULL; in = in->all_next)
-        ng_lock_detach(&in->qsbr.mutex);
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        ng_interp_impl *impl = NG_INTERP_IMPL(in);
+        if (impl->fork_stopped) {
+            impl->fork_stopped = 0;
+            ng_stw_start(in);
+        }
+    }
+}
+
+/* Stops every listed world but those this thread holds stopped itself (it restarts them),
+ * with the calling thread's attached state as requester where it has one. Gives up, with
+ * every stop it made undone, on a world whose stop another thread holds. */
+static bool stop_worlds_for_fork(void)
+{
     ng_tstate *current = ng_tstate_current();
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         ng_interp_impl *impl = NG_INTERP_IMPL(in);
-        /* A world this thread stopped itself stays as it is (the thread restarts it). */
-        impl->fork_stopped = !ng_stw_stopped_by_me(in);
-        if (impl->fork_stopped)
-            ng_stw_stop(in, current != NULL && current->interp == in ? current : NULL);
+        impl->fork_stopped = 0;
+        if (ng_stw_stopped_by_me(in))
+            continue;
+        if (ng_stw_try_stop(in, current != NULL && current->interp == in ? current : NULL) !=
+            NG_OK) {
+            restart_fork_stops();
+            return false;
+        }
+        impl->fork_stopped = 1;
+    }
+    return true;
+}
+
+/* Takes every listed QSBR mutex, or none: a holder may be a thread our stops suspended. */
+static bool lock_qsbr_for_fork(void)
+{
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        if (!ng_mutex_trylock(&in->qsbr.mutex)) {
+            for (ng_interp *done = all_interps; done != in; done = done->all_next)
+                ng_mutex_unlock(&done->qsbr.mutex);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Between two attempts of the fork handler: detached, so that a stop another thread holds or
+ * is making can count this thread as stopped, and holding nothing. */
+static void fork_backoff(int64_t *pause_ns)
+{
+    ng_tstate *ts = ng_tstate_current();
+    if (ts != NULL)
+        ng_tstate_detach_to(ts, NG_TSTATE_DETACHED);
+    struct timespec t = {.tv_sec = 0, .tv_nsec = (long)*pause_ns};
+    nanosleep(&t, NULL);
+    if (*pause_ns < NG_NS_PER_MS)
+        *pause_ns *= 2;
+    /* A deleted interpreter leaves us detached, as a lock's block hooks would. */
+    if (ts != NULL)
+        (void)ng_tstate_attach_unchecked(ts);
+}
+
+void ng_tstate_layer_before_fork(void)
+{
+    /* The list's lock, the stops and the QSBR mutexes are taken all or nothing, each with a
+     * try-lock (the order and why are in fork.c). */
+    int64_t pause_ns = 1000;
+    for (;;) {
+        if (ng_mutex_trylock(&all_interps_lock)) {
+            if (stop_worlds_for_fork()) {
+                if (lock_qsbr_for_fork())
+                    break;
+                restart_fork_stops();
+            }
+            ng_mutex_unlock(&all_interps_lock);
+        }
+        fork_backoff(&pause_ns);
     }
     /* Never held across a wait, and taken while the world is stopped by its own users
      * (delayed_free.c's barrier): after the stops. */
@@ -326,15 +391,11 @@ void ng_tstate_layer_after_fork_parent(void)
     ng_tstate_layer_unlock_pool();
     ng_mutex_unlock(&interp_pool.lock);
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
-        ng_interp_impl *impl = NG_INTERP_IMPL(in);
         ng_mutex_unlock(&in->head_lock);
         ng_mutex_unlock(&in->delayed.mutex);
-        if (impl->fork_stopped) {
-            impl->fork_stopped = 0;
-            ng_stw_start(in);
-        }
         ng_mutex_unlock(&in->qsbr.mutex);
     }
+    restart_fork_stops();
     ng_mutex_unlock(&all_interps_lock);
 }
 

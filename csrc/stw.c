@@ -11,8 +11,10 @@
  * state back to DETACHED and wakes the threads parked on their state words.
  *
  * Thread exit: a state that leaves the list while a stop is in progress keeps the countdown
- * right (ng_tstate_unlink_locked). fork(): the prepare handler stops every world and the child
- * resets this bookkeeping (ng_stw_after_fork_child), since only the forking thread survives.
+ * right (ng_tstate_unlink_locked). fork(): the prepare handler stops every world with
+ * ng_stw_try_stop (it backs off rather than wait for a world another thread holds stopped,
+ * see fork.c's lock order) and the child resets this bookkeeping (ng_stw_after_fork_child),
+ * since only the forking thread survives.
  */
 #include "tstate_internal.h"
 
@@ -44,16 +46,11 @@ static bool suspend_others_locked(ng_interp *interp)
     return stw->countdown == 0;
 }
 
-int ng_stw_stop(ng_interp *interp, ng_tstate *requester)
+/* The stop itself, with stw.mutex held by the caller. */
+static void stop_locked(ng_interp *interp, ng_tstate *requester)
 {
     ng_interp_impl *impl = NG_INTERP_IMPL(interp);
     ng_stw *stw = &interp->stw;
-    if (ng_stw_stopped_by_me(interp))
-        return NG_EBUSY;
-
-    /* The only wait that detaches: while another stop-the-world is in progress, this thread
-     * must be suspendable by it. Not cancellable: a stop does not give up. */
-    ng_lock_detach(&stw->mutex);
     ng_atomic_store(&impl->stw_owner, ng_thread_id(), NG_RELAXED);
 
     ng_lock_nodetach(&interp->head_lock);
@@ -79,6 +76,28 @@ int ng_stw_stop(ng_interp *interp, ng_tstate *requester)
     }
     /* Relaxed: a hint for ng_world_stopped(); the states themselves carry the ordering. */
     ng_atomic_store(&stw->world_stopped, 1, NG_RELAXED);
+}
+
+int ng_stw_stop(ng_interp *interp, ng_tstate *requester)
+{
+    if (ng_stw_stopped_by_me(interp))
+        return NG_EBUSY;
+    /* The only wait that detaches: while another stop-the-world is in progress, this thread
+     * must be suspendable by it. Not cancellable: a stop does not give up. */
+    ng_lock_detach(&interp->stw.mutex);
+    stop_locked(interp, requester);
+    return NG_OK;
+}
+
+int ng_stw_try_stop(ng_interp *interp, ng_tstate *requester)
+{
+    if (ng_stw_stopped_by_me(interp))
+        return NG_EBUSY;
+    /* Another thread stops this world, or holds it stopped: its holder may be about to take
+     * a lock our caller holds (the fork handler's), so do not wait for it here. */
+    if (!ng_mutex_trylock(&interp->stw.mutex))
+        return NG_TIMEOUT;
+    stop_locked(interp, requester);
     return NG_OK;
 }
 

@@ -128,6 +128,9 @@ void ng_tstate_unlink_locked(ng_tstate *ts);
 /* Stop-the-world without argument checks (interpreter deletion, fork, GIL enable).
  * NG_OK or NG_EBUSY (the calling thread already stopped this world). */
 int ng_stw_stop(ng_interp *interp, ng_tstate *requester);
+/* ng_stw_stop that does not wait for stw.mutex: NG_TIMEOUT (nothing done) when another
+ * thread holds it, i.e. stops this world or holds it stopped (the fork handler). */
+int ng_stw_try_stop(ng_interp *interp, ng_tstate *requester);
 /* NG_OK or NG_EINVAL (not stopped). */
 int ng_stw_start(ng_interp *interp);
 /* Whether the calling thread is the one that stopped this interpreter's world. */
