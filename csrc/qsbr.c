@@ -43,6 +43,7 @@
 int ng_test_fail_qsbr_segment_alloc;
 int64_t ng_test_qsbr_wait_slice_ns;
 void (*ng_test_qsbr_reserve_hook)(ng_qsbr_slot *slot);
+void (*ng_test_qsbr_stall_sighting_hook)(ng_qsbr_slot *laggard, uint64_t seq);
 
 /* ---- Torture knobs (build tag nogil_torture) ------------------------------------------- */
 
@@ -427,8 +428,21 @@ static void watch_stall(ng_qsbr_shared *shared, ng_qsbr_slot *laggard, uint64_t 
         return;
     int64_t now = ng_monotonic_ns();
     if (ng_atomic_load(&laggard->stall_seq, NG_ACQUIRE) != seq) {
-        ng_atomic_store(&laggard->stall_since_ns, now, NG_RELAXED);
-        ng_atomic_store(&laggard->stall_seq, seq, NG_RELEASE);
+        if (ng_test_qsbr_stall_sighting_hook != NULL)
+            ng_test_qsbr_stall_sighting_hook(laggard, seq);
+        /* Under stall_lock, re-checked: since our load another poller may have recorded
+         * this very sighting, or a newer one (our seq is then stale), and even reported it;
+         * writing the time again would make the stall new and report it twice. A slot's seq
+         * only grows while it has an owner (a new owner starts from 0), so a recorded seq
+         * that is not older than ours is left alone. */
+        ng_raw_mutex_lock(&shared->stall_lock);
+        uint64_t recorded = ng_atomic_load(&laggard->stall_seq, NG_RELAXED);
+        if (recorded == 0 || NG_QSBR_LT(recorded, seq)) {
+            /* The clock read again: we may have waited here. */
+            ng_atomic_store(&laggard->stall_since_ns, ng_monotonic_ns(), NG_RELAXED);
+            ng_atomic_store(&laggard->stall_seq, seq, NG_RELEASE);
+        }
+        ng_raw_mutex_unlock(&shared->stall_lock);
         return;
     }
     int64_t since = ng_atomic_load(&laggard->stall_since_ns, NG_RELAXED);

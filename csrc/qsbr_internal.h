@@ -17,4 +17,9 @@ extern void (*ng_test_qsbr_reserve_hook)(ng_qsbr_slot *slot);
  * 1 ms, so a test can tell a wake-up from the periodic re-poll. */
 extern int64_t ng_test_qsbr_wait_slice_ns;
 
+/* Test-only hook: called by a poll that found `laggard` behind at `seq` for the first time,
+ * before it records the sighting (the window in which another poller may record and report
+ * the same stall). NULL by default. */
+extern void (*ng_test_qsbr_stall_sighting_hook)(ng_qsbr_slot *laggard, uint64_t seq);
+
 #endif /* NOGIL_QSBR_INTERNAL_H */

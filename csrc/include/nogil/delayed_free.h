@@ -18,7 +18,11 @@
  * between two checkpoints, however slowly the other threads report; the price is that the
  * writer waits as long as a reader holds a grace period back (the stall detector reports
  * that). Detached while it waits, it holds back neither grace periods nor stop-the-world,
- * and it drops the GIL.
+ * and it drops the GIL. The waiting thread polls its goal, so a stall that keeps it waiting
+ * is reported from it: the stall handler then runs on that thread while its state is
+ * detached (ng_tstate_current() is NULL there; a stop-the-world may even have suspended the
+ * state meanwhile), and it names the reader that holds the goal back, never the waiter,
+ * whose slot is offline. Processing never calls the handler with a lock of the core held.
  */
 #ifndef NOGIL_DELAYED_FREE_H
 #define NOGIL_DELAYED_FREE_H

@@ -90,8 +90,13 @@ typedef struct ng_qsbr_slot {
     int64_t stall_since_ns;
 } __attribute__((aligned(NG_QSBR_SLOT_ALIGN))) ng_qsbr_slot;
 
-/* A goal that stays unmet longer than the stall threshold is reported through this callback
- * (called by the polling thread, without locks held; may not call back into QSBR). */
+/* A goal that stays unmet longer than the stall threshold is reported through this callback,
+ * once per stall (a slot behind at one seq). It runs on the thread whose poll noticed the
+ * stall, without locks held: an attached thread in the middle of its processing (so it must
+ * return quickly, and may neither block nor detach), or a thread waiting in ng_qsbr_wait,
+ * detached (the delayed-free back-pressure wait). It may not call back into QSBR nor use its
+ * thread's state. The thread reported is one online slot's owner, never a waiter's (its slot
+ * is offline). */
 typedef struct ng_qsbr_stall {
     uint64_t goal;            /* the unmet goal */
     uint64_t thread_id;       /* ng_thread_id() of the thread holding it back (0: unknown) */
@@ -133,7 +138,8 @@ typedef struct ng_qsbr_shared {
     ng_qsbr_stall last_stall;          /* under stall_lock */
     /* Not the mutex: statistics must be readable by a thread that has stopped the world, and
      * the mutex may have been handed to a thread that is now suspended (spec R9). The raw
-     * mutex is held only for the copy, never across anything that can suspend. */
+     * mutex is held only for the copy and for recording a stall's first sighting, never
+     * across anything that can suspend. */
     ng_raw_mutex stall_lock;
 } ng_qsbr_shared;
 
