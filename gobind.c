@@ -25,12 +25,21 @@ static void binding_unref(ng_go_binding *b)
         free(b);
 }
 
+void ng_go_unpin(ng_go_binding *b)
+{
+    /* Exchanged, so the pin goes once whoever drops it (Release or the collection). Acq-rel:
+     * the unpin of one follows whatever the other did with the slot before. */
+    ng_qsbr_slot *slot = ng_atomic_exchange(&b->slot, NULL, NG_ACQ_REL);
+    if (slot != NULL)
+        ng_tstate_unpin_slot(slot);
+}
+
 void ng_go_binding_collected(ng_go_binding *b)
 {
     /* No reader is left: the wrapper and every QuiescentReporter copy (which holds the
      * wrapper) are unreachable. The slot may still be the live state's (a wrapper collected
      * without Release): then the pin just goes, and its release frees the slot. */
-    ng_tstate_unpin_slot(b->slot);
+    ng_go_unpin(b);
     binding_unref(b);
 }
 

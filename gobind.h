@@ -25,15 +25,16 @@ enum ng_go_dead {
  * word) before it touches the state: freed when both the wrapper (garbage collected) and the
  * thread (Release or exit) have dropped their reference.
  *
- * The state's QSBR slot is pinned for the wrapper (ng_tstate_pin_slot) until the wrapper is
- * collected, so the wrapper's inlined quiescent report may compare the slot's seq with the
- * write sequence without reading `dead` first: both words stay readable, and they are equal
- * only while the state is live, attached and up to date. */
+ * The state's QSBR slot is pinned for the wrapper (ng_tstate_pin_slot) until Release, or
+ * until the wrapper is collected if a QuiescentReporter was taken or the thread exited, so the
+ * wrapper's inlined quiescent report may compare the slot's seq with the write sequence
+ * without reading `dead` first: both words stay readable, and they are equal only while the
+ * state is live, attached and up to date. */
 typedef struct ng_go_binding {
     uint32_t dead;               /* enum ng_go_dead */
     uint32_t refs;               /* the Go wrapper's and the bound thread's */
     ng_tstate *ts;
-    ng_qsbr_slot *slot;          /* the state's slot, pinned by the wrapper */
+    ng_qsbr_slot *slot;          /* the state's slot while the wrapper pins it, else NULL */
     struct ng_go_binding *next;  /* the thread's bindings, the value of a pthread key */
 } ng_go_binding;
 
@@ -42,7 +43,9 @@ typedef struct ng_go_binding {
 ng_go_binding *ng_go_bind(ng_interp *interp, int *status);
 /* Releases the binding's thread state (calling thread only) and marks it NG_GO_RELEASED. */
 int ng_go_release(ng_go_binding *b);
-/* The Go wrapper was collected: drops its pin of the slot and its reference. */
+/* Drops the wrapper's pin of the slot, if it still holds it (any thread). */
+void ng_go_unpin(ng_go_binding *b);
+/* The Go wrapper was collected: drops its pin of the slot, if any, and its reference. */
 void ng_go_binding_collected(ng_go_binding *b);
 
 /* ---- The queue from C to the Go runner ------------------------------------------------- */

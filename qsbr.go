@@ -45,27 +45,29 @@ func (ts *ThreadState) QuiescentState() error {
 // call of the constant function). The nested ifs keep the compiled code to branches (an &&
 // chain materialises a bool).
 //
-// The two sequences are equal only while the state is live and attached, so that is all
-// this path tests:
+// The two words are equal only while the state is live and attached, so that is all this
+// path tests:
 //   - Detached, suspended or shut down, the slot holds NG_QSBR_OFFLINE (0), which no write
 //     sequence (odd, also across the 64-bit wrap) equals.
-//   - Released (or its thread exited), the slot is offline too, and stays so: Bind pinned it
-//     for this wrapper (ng_tstate_pin_slot), so the release does not hand it to another
-//     state, whose attached seq could equal the write sequence. The pin goes when the wrapper
-//     is garbage collected, and a QuiescentReporter holds the wrapper.
-//   - Both words stay readable as long as the wrapper lives: the pin also holds the
-//     interpreter's memory (its write sequence and the slot segments), even after Close.
+//   - Bind pins the slot for the wrapper (ng_tstate_pin_slot): given back by the release or
+//     the thread's exit, it stays offline and is not handed to another state, whose attached
+//     seq could equal the write sequence, and the interpreter's memory (its write sequence,
+//     the slot segments) stays readable, even after Close.
+//   - Release then switches the words this path reads to releasedSeq and releasedWrSeq, and
+//     drops the pin at once unless a QuiescentReporter was taken (a reporter keeps its own
+//     copy of the pointers); otherwise the pin goes when the wrapper is garbage collected
+//     (a reporter holds the wrapper), as it does after a thread exit without Release.
 //
 // So a state that is not live and attached always takes the checked path, which reads the
 // liveness word first, and this path writes nothing. The pending word, which lives in the
 // thread state and is recycled after the release, is read only once the sequences said the
 // state is live. Only the bound goroutine releases a state, so for it nothing changes
-// between the loads; another goroutine calling concurrently with the release may read a
-// recycled pending word, which only decides whether it returns nil or takes the checked path.
+// between the loads; another goroutine must not call this concurrently with the release (as
+// for State), and a call after it reads the released words.
 func (ts *ThreadState) idleOr(withPending bool, slow func(*ThreadState) error) error {
 	if !raceEnabled && ts != nil {
-		if s := ts.seq; s != nil {
-			if atomic.LoadUint64(s) == atomic.LoadUint64(ts.wrSeq) {
+		if s := ts.idleSeq.Load(); s != nil {
+			if atomic.LoadUint64(s) == atomic.LoadUint64(ts.idleWrSeq.Load()) {
 				if !withPending || atomic.LoadUintptr(ts.pending) == 0 {
 					return nil
 				}

@@ -24,7 +24,12 @@ func (ts *ThreadState) QuiescentReporter() QuiescentReporter {
 	if ts == nil {
 		return QuiescentReporter{}
 	}
-	return QuiescentReporter{seq: ts.seq, wrSeq: ts.wrSeq, ts: ts}
+	// Before the loads of the pointers: see Release, which then keeps the slot's pin for
+	// the reporter until the wrapper is collected.
+	if !ts.reporterTaken.Load() {
+		ts.reporterTaken.Store(true)
+	}
+	return QuiescentReporter{seq: ts.idleSeq.Load(), wrSeq: ts.idleWrSeq.Load(), ts: ts}
 }
 
 // ThreadState returns the thread state r reports for, nil for the zero value.
@@ -62,9 +67,10 @@ func (r QuiescentReporter) Err() error { return reporterChecked(r.ts) }
 // take it, so that every call is checked. They spell the same nested ifs out rather than
 // share a bool helper: the bool's test would not fold into the caller's.
 //
-// What makes the two loads enough, and safe, is explained at ThreadState.idleOr: the slot
-// is pinned until r's ThreadState is garbage collected (r holds it), so both words stay
-// readable and are equal only while the state is live, attached and up to date.
+// What makes the two loads enough, and safe, is explained at ThreadState.idleOr: a slot a
+// reporter was taken for stays pinned until r's ThreadState is garbage collected (r holds
+// it), so both words stay readable and are equal only while the state is live, attached and
+// up to date.
 func (r QuiescentReporter) idleOrErr(slow func(*ThreadState) error) error {
 	if !raceEnabled {
 		if s := r.seq; s != nil {

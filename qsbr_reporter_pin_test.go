@@ -11,16 +11,33 @@ import (
 )
 
 // The inlined reports read only the slot's seq and the write sequence, so a released state's
-// slot must not serve another state while its wrapper lives: that state, attached and up to
-// date, would make the released one's reports succeed. A state bound after the release (or
-// after the thread's exit) gets another slot, and every report of the released one fails,
-// from any goroutine.
-func TestReleasedReporterKeepsItsSlot(t *testing.T) {
+// reports must not succeed because another state, attached and up to date, now owns its old
+// slot. Three ways to end a state:
+//   - Release after a QuiescentReporter was taken: the slot stays out of use while the
+//     wrapper lives (a new state gets another one);
+//   - Release without one: the slot is given back at once and the new state may get it, but
+//     the released wrapper no longer reads it;
+//   - the goroutine returns locked (the thread's exit releases the state, no Go code runs):
+//     as with a reporter.
+//
+// In every case each report of the released state fails, from any goroutine, while the new
+// state is attached and up to date.
+func TestReleasedReportsIgnoreTheSlotsNewOwner(t *testing.T) {
 	deadline(t, 30*time.Second)
-	for _, exit := range []bool{false, true} {
+	cases := []struct {
+		name           string
+		reporterBefore bool // take a QuiescentReporter before the end
+		exit           bool // end by returning locked instead of Release
+	}{
+		{"Release with a reporter", true, false},
+		{"Release without a reporter", false, false},
+		{"thread exit", false, true},
+	}
+	for _, c := range cases {
 		in := newInterp(t)
 		base := stats(t, in)
 		var ts *nogil.ThreadState
+		var before nogil.QuiescentReporter
 		var slot unsafe.Pointer
 		done := make(chan struct{})
 		go func() {
@@ -31,35 +48,50 @@ func TestReleasedReporterKeepsItsSlot(t *testing.T) {
 			}
 			must(t, "QuiescentState", s.QuiescentState())
 			ts, slot = s, ctest.TSSlot(s.CPtr())
-			if !exit {
+			if c.reporterBefore {
+				before = s.QuiescentReporter()
+			}
+			if !c.exit {
 				must(t, "Release", ts.Release())
-			} // else return locked: the thread's exit releases the state
+			}
 		}()
 		<-done
 		if ts == nil {
 			t.FailNow()
 		}
-		what := map[bool]string{false: "after Release", true: "after its thread exited"}[exit]
 		if !waitFor(10*time.Second, func() bool { return stats(t, in).QSBRSlots == base.QSBRSlots }) {
-			t.Fatalf("%s: the state still has its slot", what)
+			t.Fatalf("%s: the state still has its slot", c.name)
 		}
-		r := ts.QuiescentReporter()
+		retained := c.reporterBefore || c.exit
+		if got, want := ctest.QSBRRetained(in.CPtr()), map[bool]uint32{false: 0, true: 1}[retained]; got != want {
+			t.Errorf("%s: %d slots retained, want %d", c.name, got, want)
+		}
 		b := startBound(t, in, true)
 		check := func(who string) {
-			wantReportErr(t, who+": reporter "+what, r, nogil.ErrReleased)
-			wantErr(t, who+": QuiescentState "+what, ts.QuiescentState(), nogil.ErrReleased)
-			wantErr(t, who+": Checkpoint "+what, ts.Checkpoint(), nogil.ErrReleased)
+			who = c.name + ", " + who
+			if c.reporterBefore {
+				wantReportErr(t, who+": reporter taken before", before, nogil.ErrReleased)
+			}
+			wantReportErr(t, who+": reporter taken after", ts.QuiescentReporter(), nogil.ErrReleased)
+			wantErr(t, who+": QuiescentState", ts.QuiescentState(), nogil.ErrReleased)
+			wantErr(t, who+": Checkpoint", ts.Checkpoint(), nogil.ErrReleased)
 		}
 		b.run(func(bts *nogil.ThreadState) {
 			must(t, "QuiescentState of the new state", bts.QuiescentState())
-			if ctest.TSSlot(bts.CPtr()) == slot {
-				t.Errorf("%s: a new state got the released state's slot while its wrapper lives", what)
+			reused := ctest.TSSlot(bts.CPtr()) == slot
+			if retained && reused {
+				t.Errorf("%s: a new state got the released state's slot while it is pinned", c.name)
+			}
+			if !retained && !reused {
+				// The freelist hands out the last slot given back: the case is not what it says.
+				t.Errorf("%s: the new state did not get the released state's slot", c.name)
 			}
 			check("the new state's goroutine")
 		})
 		check("the test goroutine")
 		b.stop()
 		runtime.KeepAlive(ts)
+		runtime.KeepAlive(before)
 	}
 }
 

@@ -42,7 +42,7 @@ type ThreadState struct {
 	edges  *raceEdges
 	b      *C.ng_go_binding
 	c      *C.ng_tstate
-	slot   *C.ng_qsbr_slot // fixed from creation; pinned until the wrapper is collected
+	slot   *C.ng_qsbr_slot // fixed from creation to release
 
 	// The words the fast paths use with sync/atomic: the same words the C core uses (see
 	// csrc/include/nogil/tstate.h and qsbr.h; TestQSBRLayoutGoMatchesC checks the offsets).
@@ -50,15 +50,27 @@ type ThreadState struct {
 	state    *uint32  // ts->state
 	pending  *uintptr // ts->pending
 	holdsGIL *uint32  // ts->holds_gil
-	seq      *uint64  // ts->qsbr->seq; readable while the wrapper lives (the slot's pin)
-	wrSeq    *uint64  // interp->qsbr.wr_seq; likewise (the pin holds the interpreter's memory)
+	seq      *uint64  // ts->qsbr->seq
+	wrSeq    *uint64  // interp->qsbr.wr_seq
 	rdSeq    *uint64  // interp->qsbr.rd_seq
+
+	// The words the idle path of the quiescent report compares (see idleOr): seq and wrSeq
+	// until Release, then releasedSeq and releasedWrSeq, so that Release can give the slot
+	// back at once unless a QuiescentReporter, which keeps its own copy of the pointers, was
+	// taken (reporterTaken).
+	idleSeq       atomic.Pointer[uint64]
+	idleWrSeq     atomic.Pointer[uint64]
+	reporterTaken atomic.Bool
 
 	token   uintptr // gtoken of the goroutine that called Bind
 	tid     int     // its OS thread
 	id      uint64
 	cleanup runtime.Cleanup
 }
+
+// The words a released ThreadState's idle path compares: never equal, as a slot's offline
+// value (0) never equals a write sequence (odd). Never written.
+var releasedSeq, releasedWrSeq uint64 = C.NG_QSBR_OFFLINE, C.NG_QSBR_INITIAL
 
 // AttachState is a ThreadState's attachment state (ThreadState.State).
 type AttachState int32
@@ -129,8 +141,11 @@ func (in *Interpreter) Bind() (*ThreadState, error) {
 		tid:      int(c.native_tid),
 		id:       uint64(c.id),
 	}
+	ts.idleSeq.Store(ts.seq)
+	ts.idleWrSeq.Store(ts.wrSeq)
 	// The binding outlives both the wrapper and the state: the wrapper's reference goes
-	// when the wrapper is collected, and with it the pin of the slot (see idleOr).
+	// when the wrapper is collected, and with it the pin of the slot if Release kept it
+	// (see idleOr).
 	what := fmt.Sprintf("ThreadState %d of interpreter %p", ts.id, in.c)
 	ts.cleanup = runtime.AddCleanup(ts, func(b *C.ng_go_binding) {
 		if atomic.LoadUint32((*uint32)(unsafe.Pointer(&b.dead))) == C.NG_GO_LIVE {
@@ -310,6 +325,16 @@ func (ts *ThreadState) Release() error {
 	ts.leaving()
 	if st := C.ng_go_release(ts.b); st != C.NG_OK {
 		return ts.fail("Release", st)
+	}
+	// The slot is offline and still pinned (see idleOr). From now on the idle path compares
+	// words that are never equal, and so do reporters taken from now on; the pin is needed
+	// only by reporters taken before. The stores come before the load of reporterTaken and
+	// QuiescentReporter stores it before it loads the pointers (all sequentially
+	// consistent): either the reporter copies the released words or Release sees it taken.
+	ts.idleSeq.Store(&releasedSeq)
+	ts.idleWrSeq.Store(&releasedWrSeq)
+	if !ts.reporterTaken.Load() {
+		C.ng_go_unpin(ts.b)
 	}
 	runtime.UnlockOSThread()
 	return nil
