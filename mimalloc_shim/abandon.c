@@ -54,9 +54,6 @@ void ng_mi_thread_abandon(ng_mi_thread *t, bool fork_child)
     /* No freer can push onto our heaps' delayed lists any more. */
     for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
         ng_mi_heap_drain_delayed(&t->heaps[k]);
-    /* The block caches go away with the heaps: their blocks go back to their pages. */
-    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
-        ng_mi_cache_flush(&t->heaps[k]);
     for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
         ng_mi_heap *heap = &t->heaps[k];
         for (ng_mi_segment *s = t->data[k].segments; s != NULL; s = s->next)

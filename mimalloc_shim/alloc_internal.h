@@ -265,19 +265,6 @@ bool ng_mi_page_to_full(ng_mi_page *page);
 /* Frees a block into its page as the owner would (used may reach 0: retires). */
 void ng_mi_page_local_free(ng_mi_page *page, void *p);
 
-/* ---- cache.c ------------------------------------------------------------------------------ */
-
-/* Sets up a new heap's block cache (empty; bins and capacities of its kind). */
-void ng_mi_cache_init(ng_mi_heap *heap);
-/* A block of `bin` from the cache (counted in its page again), or NULL. Owner. */
-void *ng_mi_cache_pop(ng_mi_heap *heap, size_t bin);
-/* Moves the page's cached blocks to its local_free (before it leaves its size class or
- * waits for a goal). */
-void ng_mi_cache_evict_page(ng_mi_page *page);
-/* Moves every cached block of the heap to its page's local_free (collection, abandonment);
- * pages left empty are the caller's to retire. */
-void ng_mi_cache_flush(ng_mi_heap *heap);
-
 /* ---- qsbr_pages.c -------------------------------------------------------------------------- */
 
 void ng_mi_qsbr_link(ng_mi_thread *t, ng_mi_page *page);

@@ -34,8 +34,6 @@ int ng_mi_heap_collect(ng_mi_heap *heap, bool force)
     if (t->thread_id != ng_thread_id())
         return NG_EWRONGTHREAD;
     ng_mi_heap_drain_delayed(heap);
-    /* The cached blocks go back to their pages, which may then be empty. */
-    ng_mi_cache_flush(heap);
     if (force) {
         ng_mi_reclaim(heap, SIZE_MAX, true);
         ng_mi_heap_drain_delayed(heap);

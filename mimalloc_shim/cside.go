@@ -39,15 +39,6 @@ static size_t ng_go_mi_layout(int what)
 	case 23: return offsetof(ng_mi_heap, use_qsbr);
 	case 24: return offsetof(ng_mi_segment, heap_kind);
 	case 25: return NG_MI_SEGMENT_MASK;
-	case 26: return offsetof(ng_mi_page, heap);
-	case 27: return offsetof(ng_mi_page, bin);
-	case 28: return offsetof(ng_mi_heap, cache_bin);
-	case 29: return offsetof(ng_mi_heap, cache);
-	case 30: return sizeof(ng_mi_block_cache);
-	case 31: return offsetof(ng_mi_block_cache, head);
-	case 32: return offsetof(ng_mi_block_cache, count);
-	case 33: return offsetof(ng_mi_block_cache, cap);
-	case 34: return sizeof(((ng_mi_heap *)0)->cache) / sizeof(((ng_mi_heap *)0)->cache[0]);
 	}
 	return (size_t)-1;
 }
@@ -68,10 +59,7 @@ static uint64_t ng_go_mi_c_segment_thread(void *p) { return __atomic_load_n(&ng_
 // The block the C inline malloc would hand out next for `size` (NULL: none ready).
 static void *ng_go_mi_c_direct_next(ng_mi_heap *heap, size_t size)
 {
-	if (size > NG_MI_DIRECT_MAX)
-		return NULL;
-	ng_mi_block *cached = heap->cache[heap->cache_bin[(size + 7) >> 3]].head;
-	return cached != NULL ? (void *)cached : (void *)heap->direct[(size + 7) >> 3]->free;
+	return size <= NG_MI_DIRECT_MAX ? heap->direct[(size + 7) >> 3]->free : NULL;
 }
 
 // The allocator's fault injection (alloc_internal.h): the next n segment mappings fail.
@@ -112,15 +100,6 @@ const (
 	layoutHeapUseQSBR
 	layoutSegHeapKind
 	layoutSegMask
-	layoutPageHeap
-	layoutPageBin
-	layoutHeapCacheBin
-	layoutHeapCache
-	layoutCacheSize
-	layoutCacheHead
-	layoutCacheCount
-	layoutCacheCap
-	layoutHeapCacheLen
 )
 
 func cLayout(what int) uintptr { return uintptr(C.ng_go_mi_layout(C.int(what))) }

@@ -166,8 +166,6 @@ int ng_mi_free_unchecked(void *p)
     ng_mi_page *page = ng_mi_page_of(segment, p);
     if (segment->kind != NG_MI_SEGMENT_HUGE &&
         ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id() && page->flags == 0) {
-        if (ng_mi_cache_push(page, p))
-            return NG_OK;
         ng_mi_block_set_next(page, (ng_mi_block *)p, page->local_free);
         page->local_free = (ng_mi_block *)p;
         if (--page->used == 0)
@@ -276,11 +274,6 @@ static int check_block(ng_mi_segment *s, void *p)
         return NG_OK;
     if (page->used == 0 || list_contains(page, page->free, p) ||
         list_contains(page, page->local_free, p))
-        return NG_ESTATE;
-    /* Relaxed: we own the page, so we wrote it. */
-    ng_mi_heap *owner = ng_atomic_load(&page->heap, NG_RELAXED);
-    if (owner != NULL && page->bin < NG_MI_CACHE_BINS &&
-        list_contains(page, owner->cache[page->bin].head, p))
         return NG_ESTATE;
     if (d / page->block_size >= page->capacity)
         return NG_EINVAL; /* never carved, so never handed out */

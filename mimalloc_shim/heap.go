@@ -215,13 +215,6 @@ func (h *Heap) Malloc(size uintptr) (unsafe.Pointer, error) {
 	// checkedAlloc (the nogil_debug build) sends every request to C, which keeps the live
 	// bit of each block the checked free tests; a constant, so the release build is unchanged.
 	if !checkedAlloc && size <= DirectMax && h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy {
-		c := &h.v.cache[h.v.cacheBin[(size+7)>>3]]
-		if b := c.head; b != nil {
-			c.head = *(*unsafe.Pointer)(unsafe.Add(b, h.v.prefix))
-			c.count--
-			segmentOf(b).pageOf(b).used++
-			return b, nil
-		}
 		page := h.v.direct[(size+7)>>3]
 		if b := page.free; b != nil {
 			page.free = *(*unsafe.Pointer)(unsafe.Add(b, page.linkOffset))
@@ -311,16 +304,6 @@ func (h *Heap) Free(p unsafe.Pointer) error {
 		seg := segmentOf(p)
 		page := seg.pageOf(p)
 		if atomic.LoadUint64(&seg.threadID) == h.tid && page.flags == 0 {
-			// The block cache (ng_mi_cache_push): the page keeps another live block.
-			if page.used > 1 && int(page.bin) < cacheBins {
-				if c := &page.heap.cache[page.bin]; c.count < c.cap {
-					*(*unsafe.Pointer)(unsafe.Add(p, page.linkOffset)) = c.head
-					c.head = p
-					c.count++
-					page.used--
-					return nil
-				}
-			}
 			*(*unsafe.Pointer)(unsafe.Add(p, page.linkOffset)) = page.localFree
 			page.localFree = p
 			page.used--

@@ -167,7 +167,6 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out)
             h->kind = (uint8_t)k;
             h->use_qsbr = k != NG_MI_HEAP_MEM;
             h->prefix = ng_mi_kind_prefix(k);
-            ng_mi_cache_init(h);
             t->data[k].retired_min = 1;
             t->data[k].retired_max = 0;
         }

@@ -7,7 +7,6 @@ package mimalloc_shim
 enum {
 	ng_go_mi_direct_max = NG_MI_DIRECT_MAX,
 	ng_go_mi_direct_wsize = NG_MI_DIRECT_WSIZE,
-	ng_go_mi_cache_bins = NG_MI_CACHE_BINS,
 	ng_go_mi_segment_shift = NG_MI_SEGMENT_SHIFT,
 	ng_go_mi_object_prefix = NG_MI_OBJECT_PREFIX,
 	ng_go_mi_gc_pre_prefix = NG_MI_GC_PRE_PREFIX,
@@ -43,7 +42,6 @@ const (
 	GCPrePrefix = uintptr(C.ng_go_mi_gc_pre_prefix)
 
 	directWSize = int(C.ng_go_mi_direct_wsize)
-	cacheBins   = int(C.ng_go_mi_cache_bins)
 	pageInFull  = C.NG_MI_PAGE_IN_FULL // ng_mi_page.flags
 	pageHuge    = C.NG_MI_PAGE_HUGE
 	segmentMask = SegmentSize - 1
@@ -64,21 +62,20 @@ type pageView struct {
 	heapKind   uint8
 	blockSize  uintptr
 	threadFree uintptr // atomic, C's
-	// Owner only: the free fast path's block cache reads them.
-	heap *heapView
-	bin  uint8
 	// Private to the C allocator from here on.
-	inUse         uint8
-	retireExpire  uint8
-	reservedFlags uint8
-	capacity      uint32
-	reserved      uint32
+	heap          uintptr
 	prev, next    uintptr
 	qsbrPrev      uintptr
 	qsbrNext      uintptr
 	qsbrGoal      uint64
 	start         uintptr
 	area          uintptr
+	capacity      uint32
+	reserved      uint32
+	inUse         uint8
+	retireExpire  uint8
+	bin           uint8
+	reservedFlags uint8
 }
 
 // segmentView is the header of ng_mi_segment; the page descriptors follow it.
@@ -109,16 +106,7 @@ type heapView struct {
 	kind     uint8
 	useQSBR  uint8
 	prefix   uint16
-	cacheBin [directWSize + 1]uint8 // the bin of each word size
-	cache    [cacheBins]blockCache  // owner only
 	priv     uintptr
-}
-
-// blockCache is ng_mi_block_cache: a heap's LIFO of free blocks of one size class.
-type blockCache struct {
-	head  unsafe.Pointer // newest first, linked at the heap's prefix
-	count uint32
-	cap   uint32
 }
 
 // segmentOf is ng_mi_segment_of.

@@ -15,7 +15,6 @@ func TestLayoutGoMatchesC(t *testing.T) {
 	var pg pageView
 	var sg segmentView
 	var hp heapView
-	var bc blockCache
 	checks := []struct {
 		name string
 		got  uintptr
@@ -47,15 +46,6 @@ func TestLayoutGoMatchesC(t *testing.T) {
 		{"offsetof(ng_mi_heap, prefix)", unsafe.Offsetof(hp.prefix), layoutHeapPrefix},
 		{"sizeof(ng_mi_heap)", unsafe.Sizeof(hp), layoutHeapSize},
 		{"NG_MI_SEGMENT_MASK", segmentMask, layoutSegMask},
-		{"offsetof(ng_mi_page, heap)", unsafe.Offsetof(pg.heap), layoutPageHeap},
-		{"offsetof(ng_mi_page, bin)", unsafe.Offsetof(pg.bin), layoutPageBin},
-		{"offsetof(ng_mi_heap, cache_bin)", unsafe.Offsetof(hp.cacheBin), layoutHeapCacheBin},
-		{"offsetof(ng_mi_heap, cache)", unsafe.Offsetof(hp.cache), layoutHeapCache},
-		{"len(ng_mi_heap.cache)", uintptr(len(hp.cache)), layoutHeapCacheLen},
-		{"sizeof(ng_mi_block_cache)", unsafe.Sizeof(bc), layoutCacheSize},
-		{"offsetof(ng_mi_block_cache, head)", unsafe.Offsetof(bc.head), layoutCacheHead},
-		{"offsetof(ng_mi_block_cache, count)", unsafe.Offsetof(bc.count), layoutCacheCount},
-		{"offsetof(ng_mi_block_cache, cap)", unsafe.Offsetof(bc.cap), layoutCacheCap},
 	}
 	for _, c := range checks {
 		if want := cLayout(c.what); c.got != want {
@@ -116,9 +106,8 @@ func TestLayoutSemantics(t *testing.T) {
 				must(t, "Free", h.Free(p))
 			}
 
-			// The link: two blocks of one page (which keeps other live blocks) freed by the
-			// owner go on the heap's block cache of their size class, newest first, each
-			// linking to the previous one at link_offset, and leave the page's used count.
+			// The link: two blocks of one page freed by the owner go on local_free, newest
+			// first, each linking to the previous one at link_offset.
 			const size = 48
 			var ps [8]unsafe.Pointer
 			for i := range ps {
@@ -136,17 +125,15 @@ func TestLayoutSemantics(t *testing.T) {
 				before := pa.used
 				must(t, "Free", h.Free(a))
 				must(t, "Free", h.Free(b))
-				c := &h.v.cache[pa.bin]
-				if pa.heap != h.v || c.head != b || *(*unsafe.Pointer)(unsafe.Add(b, pa.linkOffset)) != a {
-					t.Errorf("%v: page heap %p (heap %p), cache head = %p, link of %p = %p; want %p -> %p", kind,
-						pa.heap, h.v, c.head, b, *(*unsafe.Pointer)(unsafe.Add(b, pa.linkOffset)), b, a)
+				if pa.localFree != b || *(*unsafe.Pointer)(unsafe.Add(b, pa.linkOffset)) != a {
+					t.Errorf("%v: local_free = %p, link of %p = %p; want %p -> %p", kind, pa.localFree, b,
+						*(*unsafe.Pointer)(unsafe.Add(b, pa.linkOffset)), b, a)
 				}
 				if pa.used != before-2 || cPageUsed(a) != pa.used {
 					t.Errorf("%v: used %d (C %d), want %d", kind, pa.used, cPageUsed(a), before-2)
 				}
 			}
-			// And the allocation: Go's Malloc hands out what C's inline malloc would (the
-			// cache's newest block first).
+			// And the allocation list: Go's Malloc hands out what C's inline malloc would.
 			next := cDirectNext(h, size)
 			p, _ := h.Malloc(size)
 			if next != nil && p != next {

@@ -124,10 +124,6 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
     ng_mi_heap_drain_delayed(heap);
     ng_mi_heap_collect_retired(heap, false);
     size_t bin = ng_mi_heap_bin(heap->kind, size);
-    /* The inline path looked already, but debug builds and the Go wrapper come here first. */
-    void *cached = ng_mi_cache_pop(heap, bin);
-    if (cached != NULL)
-        return cached;
     ng_mi_page *page = find_page(heap, bin);
     if (page == NULL) {
         errno = ENOMEM;

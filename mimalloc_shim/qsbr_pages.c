@@ -71,8 +71,6 @@ void ng_mi_page_defer(ng_mi_page *page)
 {
     ng_mi_heap *heap = ng_atomic_load(&page->heap, NG_RELAXED); /* ours */
     ng_mi_thread *t = heap->thread;
-    /* A waiting page is allocated from only by the slow path (M3): not from the cache. */
-    ng_mi_cache_evict_page(page);
     /* R11 (a): the full queue is never searched, so a deferred page there could not serve
      * its size class. */
     if (page->flags & NG_MI_PAGE_IN_FULL)

@@ -393,7 +393,6 @@ ng_mi_page *ng_mi_segment_page_alloc(ng_mi_heap *heap, size_t bin)
 void ng_mi_segment_page_free(ng_mi_page *page)
 {
     ng_mi_segment *s = ng_mi_page_segment(page);
-    ng_mi_cache_evict_page(page); /* the page may serve another size class next */
 #ifdef NG_MI_DEBUG
     /* Withdrawn under the registry lock (see ng_mi_segment_page_alloc): a checked free of a
      * block of this page either finished with the bitmap or finds the page not in use. */

@@ -15,27 +15,9 @@ static void mark_list(const ng_mi_page *page, const ng_mi_block *b, uint8_t *bit
     }
 }
 
-/* The blocks of `page` in its heap's block cache, which links blocks of many pages: each is
- * marked only if it lies in this page (the cache is short, see ng_mi_block_cache). */
-static void mark_cached(const ng_mi_page *page, const ng_mi_heap *heap, uint8_t *bits)
-{
-    if (heap == NULL || page->bin >= NG_MI_CACHE_BINS)
-        return;
-    const ng_mi_block_cache *c = &heap->cache[page->bin];
-    const ng_mi_block *b = c->head;
-    for (uint32_t n = 0; b != NULL && n < c->count; b = ng_mi_block_next(page, b), n++) {
-        if ((const uint8_t *)b < page->start)
-            continue;
-        size_t i = (size_t)((const uint8_t *)b - page->start) / page->block_size;
-        if (i < page->capacity)
-            bits[i / 8] |= (uint8_t)(1u << (i % 8));
-    }
-}
-
-/* Returns NG_OK, or 1 when the callback stopped the walk, or NG_ENOMEM. `heap` is the
- * page's heap (its block cache), NULL for an abandoned page (no cache). */
-static int visit_page(const ng_mi_page *page, const ng_mi_heap *heap, bool thread_free_is_free,
-                      ng_mi_visit_fn *fn, void *arg)
+/* Returns NG_OK, or 1 when the callback stopped the walk, or NG_ENOMEM. */
+static int visit_page(const ng_mi_page *page, bool thread_free_is_free, ng_mi_visit_fn *fn,
+                      void *arg)
 {
     if (!page->in_use || page->used == 0)
         return NG_OK;
@@ -44,7 +26,6 @@ static int visit_page(const ng_mi_page *page, const ng_mi_heap *heap, bool threa
         return NG_ENOMEM;
     mark_list(page, page->free, bits);
     mark_list(page, page->local_free, bits);
-    mark_cached(page, heap, bits);
     if (thread_free_is_free) {
         /* Acquire: the pushers' links (see foreign_free). */
         uintptr_t tf = ng_atomic_load(&((ng_mi_page *)page)->thread_free, NG_ACQUIRE);
@@ -112,7 +93,7 @@ int ng_mi_heap_visit(ng_mi_heap *heap, ng_mi_visit_fn *fn, void *arg)
     }
     for (ng_mi_segment *s = hd->segments; s != NULL; s = s->next)
         for (uint32_t i = 0; i < s->page_count; i++) {
-            int rc = visit_page(&s->pages[i], heap, false, fn, arg);
+            int rc = visit_page(&s->pages[i], false, fn, arg);
             if (rc != NG_OK)
                 return rc == 1 ? NG_OK : rc;
         }
@@ -147,7 +128,7 @@ int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_f
     for (ng_mi_segment *s = list; s != NULL; s = s->next) {
         last = s;
         for (uint32_t i = 0; i < s->page_count && rc == NG_OK; i++)
-            rc = visit_page(&s->pages[i], NULL, true, fn, arg);
+            rc = visit_page(&s->pages[i], true, fn, arg);
     }
     ng_mi_interp_lock(mi);
     if (last != NULL) {

@@ -83,15 +83,6 @@
 extern "C" {
 #endif
 
-/* The fast paths below are meant to be inlined into their callers' loops: with the block
- * cache, GCC -O2 judged ng_mi_free too big and called an out-of-line copy that saved and
- * restored six registers per free (54 instructions per free instead of ~25). */
-#if defined(__GNUC__)
-#define NG_MI_FAST_PATH static inline __attribute__((always_inline))
-#else
-#define NG_MI_FAST_PATH static inline
-#endif
-
 /* ---- Geometry ------------------------------------------------------------------------ */
 
 #define NG_MI_SEGMENT_SHIFT 22
@@ -134,27 +125,6 @@ enum ng_mi_page_flags {
 };
 
 typedef struct ng_mi_block ng_mi_block; /* a free block; its link is at page->link_offset */
-
-/* The block cache: per heap and size class of the inline path (bins up to the one of
- * NG_MI_DIRECT_MAX), a short LIFO of blocks the owner freed, which its next allocations of
- * that class take first. A block just freed is still in the CPU's caches; the page free
- * lists hand out blocks freed long ago (free-list sharding keeps a page's recent frees in
- * local_free until its free list runs out), which miss whenever the live blocks do not fit
- * in the cache: at 100,000 live blocks of 16-256 bytes replaced at random, half of the
- * inline allocations missed the L2 on the block's link (cachegrind: 0.55 misses per op).
- *
- * A cached block is free: its page's `used` does not count it (statistics, emptiness and the
- * QSBR contract see the page as they would without the cache). A free that would leave its
- * page empty goes to the page (ng_mi_page_retire); a page going back to its segment or
- * waiting for its goal takes its cached blocks back first (ng_mi_cache_evict_page), so a
- * cached block's page is always in use in its size class. Blocks link at the heap's prefix,
- * like every free block. Owner only. */
-#define NG_MI_CACHE_BINS 25 /* bins 0..24; bin 24 holds NG_MI_DIRECT_MAX (size_class.c) */
-typedef struct ng_mi_block_cache {
-    ng_mi_block *head;          /* newest first */
-    uint32_t count;
-    uint32_t cap;               /* 0: the bin is not cached (bin 0, bins of no word size) */
-} ng_mi_block_cache;
 typedef struct ng_mi_heap ng_mi_heap;
 typedef struct ng_mi_thread ng_mi_thread; /* a thread state's four heaps (private) */
 
@@ -172,20 +142,19 @@ typedef struct ng_mi_page {
     /* Frees by other threads: a block list, with a two-bit state in the low bits
      * (mimalloc_shim/ documents it). Atomic. */
     uintptr_t thread_free;
-    /* Owner only from here on; the inline free reads heap and bin (the block cache). */
-    ng_mi_heap *heap;           /* atomic: owning heap; NULL while abandoned */
-    uint8_t bin;                /* size class */
     /* ---- mimalloc_shim/ private from here on ---- */
-    uint8_t in_use;             /* assigned to a size class */
-    uint8_t retire_expire;      /* retire delay of the last empty page of a size class */
-    uint8_t reserved_flags;
-    uint32_t capacity;          /* blocks carved so far (free lists are built lazily) */
-    uint32_t reserved;          /* blocks that fit */
+    ng_mi_heap *heap;           /* atomic: owning heap; NULL while abandoned */
     struct ng_mi_page *prev, *next;           /* heap queue or segment free list */
     struct ng_mi_page *qsbr_prev, *qsbr_next; /* the owning thread's deferred-page list */
     uint64_t qsbr_goal;         /* 0: no goal (not deferred) */
     uint8_t *start;             /* first block */
     size_t area;                /* bytes usable for blocks */
+    uint32_t capacity;          /* blocks carved so far (free lists are built lazily) */
+    uint32_t reserved;          /* blocks that fit */
+    uint8_t in_use;             /* assigned to a size class */
+    uint8_t retire_expire;      /* retire delay of the last empty page of a size class */
+    uint8_t bin;                /* size class */
+    uint8_t reserved_flags;
 } ng_mi_page;
 
 /* The head of every segment. The page descriptors follow it (page index =
@@ -219,9 +188,6 @@ struct ng_mi_heap {
     uint8_t kind;               /* ng_mi_heap_kind */
     uint8_t use_qsbr;           /* the three object heaps */
     uint16_t prefix;            /* bytes of a block the allocator never writes */
-    /* The block cache (below): the bin of each direct[] word size, and a cache per bin. */
-    uint8_t cache_bin[NG_MI_DIRECT_WSIZE + 1];
-    ng_mi_block_cache cache[NG_MI_CACHE_BINS];
     /* ---- mimalloc_shim/ private from here on (size classes, queues, counters) ---- */
     void *priv;
 };
@@ -251,7 +217,7 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out);
  * returns a unique block of the smallest class. */
 void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size);
 
-NG_MI_FAST_PATH void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
+static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
 {
 #ifdef NG_MI_DEBUG
     /* Debug builds keep a live bit per block (the checked free's double-free test), which
@@ -259,14 +225,6 @@ NG_MI_FAST_PATH void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
     return ng_mi_heap_malloc_generic(heap, size);
 #else
     if (size <= NG_MI_DIRECT_MAX) {
-        ng_mi_block_cache *c = &heap->cache[heap->cache_bin[(size + 7) >> 3]];
-        ng_mi_block *cached = c->head;
-        if (cached != NULL) {
-            c->head = *(ng_mi_block **)((char *)cached + heap->prefix);
-            c->count--;
-            ng_mi_page_of(ng_mi_segment_of(cached), cached)->used++;
-            return cached;
-        }
         ng_mi_page *page = heap->direct[(size + 7) >> 3];
         ng_mi_block *block = page->free;
         if (block != NULL) {
@@ -293,25 +251,6 @@ size_t ng_mi_usable_size(const void *p);
 int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p);
 void ng_mi_page_retire(ng_mi_page *page);
 
-/* The owner's free into the block cache (see ng_mi_block_cache), for a page without flags:
- * false when the block must go to its page (the page would be left empty, the bin is not
- * cached or its cache is full). Not for direct use. */
-NG_MI_FAST_PATH bool ng_mi_cache_push(ng_mi_page *page, void *p)
-{
-    if (page->used <= 1 || page->bin >= NG_MI_CACHE_BINS)
-        return false;
-    /* Relaxed: the owner (the caller) wrote it; only the owner changes it. */
-    ng_mi_heap *heap = ng_atomic_load(&page->heap, NG_RELAXED);
-    ng_mi_block_cache *c = &heap->cache[page->bin];
-    if (c->count >= c->cap)
-        return false;
-    *(ng_mi_block **)((char *)p + page->link_offset) = c->head;
-    c->head = (ng_mi_block *)p;
-    c->count++;
-    page->used--;
-    return true;
-}
-
 /* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out, or
  * its segment was unmapped), NG_ESTATE (the block is already free, or it is an object-heap
  * block of the caller's own heap while no state of the caller in that heap's interpreter is
@@ -321,7 +260,7 @@ int ng_mi_free_checked(void *p);
 
 /* Frees a block of any heap from any thread. NULL is ignored. NG_OK (see the header comment
  * for NG_MI_DEBUG builds). */
-NG_MI_FAST_PATH int ng_mi_free(void *p)
+static inline int ng_mi_free(void *p)
 {
 #ifdef NG_MI_DEBUG
     return ng_mi_free_checked(p);
@@ -334,8 +273,6 @@ NG_MI_FAST_PATH int ng_mi_free(void *p)
      * abandons the segment), so reading our id means we are the owner; any other value,
      * however stale, takes the out-of-line path, which is right for every owner. */
     if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id() && page->flags == 0) {
-        if (ng_mi_cache_push(page, p))
-            return NG_OK;
         *(ng_mi_block **)((char *)p + page->link_offset) = page->local_free;
         page->local_free = (ng_mi_block *)p;
         if (--page->used == 0)
