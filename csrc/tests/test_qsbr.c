@@ -531,6 +531,7 @@ struct gp_scene {
     ng_qsbr_shared shared;
     struct gp_obj *current;
     int stop;
+    int online; /* readers attached so far: the writer starts once all are */
     long bad_reads;
     long reads;
 };
@@ -544,6 +545,8 @@ static void *gp_reader(void *p)
     if (slot == NULL)
         return NULL;
     ng_qsbr_attach(slot);
+    /* Release: pairs with the writer's acquire, which must find us online before it swaps. */
+    ng_atomic_fetch_add(&g->online, 1, NG_RELEASE);
     long bad = 0, reads = 0;
     uint64_t last_serial = 0;
     while (!ng_atomic_load(&g->stop, NG_ACQUIRE)) {
@@ -594,8 +597,11 @@ TEST(qsbr_readers_never_see_reclaimed_objects)
     pthread_t readers[GP_READERS];
     for (int i = 0; i < GP_READERS; i++)
         readers[i] = spawn_thread(gp_reader, &g);
+    /* Without this the writer could finish its swaps before a reader is online, and the test
+     * would prove nothing (it then fails on reads > 0). */
+    bool online = CHECK(WAIT_UNTIL(ng_atomic_load(&g.online, NG_ACQUIRE) == GP_READERS, 10000));
 
-    long swaps = scaled(3000);
+    long swaps = online ? scaled(3000) : 0;
     for (long i = 0; i < swaps; i++) {
         struct gp_obj *fresh = malloc(sizeof *fresh);
         REQUIRE(fresh != NULL);
