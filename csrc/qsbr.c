@@ -11,6 +11,10 @@
  * (ng_qsbr_pin) is retained instead: offline, ownerless and off the freelist until its last
  * pin goes, so that a pinner's reader never finds another owner's seq in it.
  *
+ * shared->mutex is taken with ng_lock_detach: detached while it waits, like any blocking lock,
+ * but deaf to the caller's ng_cancel token, because no caller has a way to report "not
+ * taken" and going on without the lock would corrupt the slot space.
+ *
  * Under shared->mutex: freelist, high_water and segment growth, `allocated`, `retained`,
  * `pins`, `tstate`, writes of `registered` and `retained` (statistics read them relaxed). last_stall has its own raw lock. Scanners
  * read nsegments, high_water and segment pointers without the mutex (acquire loads of
@@ -26,6 +30,7 @@
 
 #include "internal.h"
 #include "qsbr_internal.h"
+#include "tstate_internal.h"
 
 /* stall_since_ns value of a slot whose stall at stall_seq was already reported; clock values
  * are positive, so it cannot be mistaken for a time. */
@@ -138,7 +143,7 @@ int ng_qsbr_fini(ng_qsbr_shared *shared)
 {
     if (shared == NULL)
         return NG_EINVAL;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     if (shared->registered != 0 || shared->retained != 0) {
         ng_mutex_unlock(&shared->mutex);
         return NG_EBUSY;
@@ -163,7 +168,7 @@ int ng_qsbr_reserve(ng_qsbr_shared *shared, ng_qsbr_slot **slot_out)
 {
     if (shared == NULL || slot_out == NULL)
         return NG_EINVAL;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     ng_qsbr_slot *slot = shared->freelist;
     if (slot != NULL) {
         shared->freelist = slot->freelist_next;
@@ -246,7 +251,7 @@ int ng_qsbr_unreserve(ng_qsbr_slot *slot)
     if (!slot_valid(slot))
         return NG_EINVAL;
     ng_qsbr_shared *shared = slot->shared;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     int err = NG_OK;
     if (!slot->allocated || slot->retained || slot->tstate != NULL ||
         ng_atomic_load(&slot->seq, NG_RELAXED) != NG_QSBR_OFFLINE)
@@ -262,7 +267,7 @@ int ng_qsbr_register(ng_qsbr_slot *slot, struct ng_tstate *tstate)
     if (!slot_valid(slot) || tstate == NULL)
         return NG_EINVAL;
     ng_qsbr_shared *shared = slot->shared;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     int err = NG_OK;
     if (!slot->allocated || slot->retained || slot->tstate != NULL)
         err = NG_ESTATE; /* not reserved, or registered already */
@@ -277,7 +282,7 @@ int ng_qsbr_unregister(ng_qsbr_slot *slot)
     if (!slot_valid(slot))
         return NG_EINVAL;
     ng_qsbr_shared *shared = slot->shared;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     int err = NG_OK;
     /* Relaxed seq: only the owner (the caller) sets it online, so it is our own value. */
     if (!slot->allocated || slot->tstate == NULL ||
@@ -294,7 +299,7 @@ int ng_qsbr_pin(ng_qsbr_slot *slot)
     if (!slot_valid(slot))
         return NG_EINVAL;
     ng_qsbr_shared *shared = slot->shared;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     int err = NG_OK;
     if (!slot->allocated || slot->retained)
         err = NG_ESTATE; /* nobody owns it: there is nothing to read it for */
@@ -311,7 +316,7 @@ int ng_qsbr_unpin(ng_qsbr_slot *slot)
     if (!slot_valid(slot))
         return NG_EINVAL;
     ng_qsbr_shared *shared = slot->shared;
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     int err = NG_OK;
     if (!slot->allocated || slot->pins == 0) {
         err = NG_ESTATE;
@@ -349,7 +354,7 @@ void ng_qsbr_set_stall_handler(ng_qsbr_shared *shared, int64_t threshold_ns,
         return;
     /* fn and arg are read together under the mutex by the reporter; the threshold is a
      * relaxed hint read on every failed poll (0 or negative: off). */
-    ng_mutex_lock(&shared->mutex);
+    ng_lock_detach(&shared->mutex);
     shared->stall_fn = fn;
     shared->stall_arg = arg;
     ng_atomic_store(&shared->stall_ns, fn != NULL && threshold_ns > 0 ? threshold_ns : 0,
@@ -420,11 +425,14 @@ uint64_t ng_qsbr_scan(ng_qsbr_shared *shared)
  * seq (acquire) also sees a time at least as recent; the report is claimed by a CAS of the
  * time to STALL_REPORTED, so a concurrent re-sighting at a new seq (which rewrites the time
  * first) makes the claim fail instead of being lost. */
-static void watch_stall(ng_qsbr_shared *shared, ng_qsbr_slot *laggard, uint64_t seq,
-                        uint64_t goal)
+static void watch_stall(ng_qsbr_shared *shared, ng_qsbr_slot *poller, ng_qsbr_slot *laggard,
+                        uint64_t seq, uint64_t goal)
 {
     int64_t threshold = ng_atomic_load(&shared->stall_ns, NG_RELAXED);
-    if (threshold <= 0)
+    /* The poller's own slot behind its goal is no stall: it is not waiting for another
+     * thread, its own next quiescent report moves the goal on, and the handler would name
+     * the thread running it. Other pollers still watch that slot. */
+    if (threshold <= 0 || laggard == poller)
         return;
     int64_t now = ng_monotonic_ns();
     if (ng_atomic_load(&laggard->stall_seq, NG_ACQUIRE) != seq) {
@@ -502,7 +510,7 @@ bool ng_qsbr_poll_slow(ng_qsbr_slot *slot, uint64_t goal)
     if (laggard != NULL) {
         uint64_t seq = ng_atomic_load(&laggard->seq, NG_RELAXED);
         if (seq != NG_QSBR_OFFLINE && NG_QSBR_LT(seq, goal)) {
-            watch_stall(shared, laggard, seq, goal);
+            watch_stall(shared, slot, laggard, seq, goal);
             return false;
         }
     }
@@ -515,7 +523,7 @@ bool ng_qsbr_poll_slow(ng_qsbr_slot *slot, uint64_t goal)
      * rd_seq published by another scanner would only be closer to the goal). */
     if (laggard != NULL && NG_QSBR_LT(laggard_seq, goal)) {
         ng_atomic_store(&shared->laggard, laggard, NG_RELAXED); /* a hint, see above */
-        watch_stall(shared, laggard, laggard_seq, goal);
+        watch_stall(shared, slot, laggard, laggard_seq, goal);
     }
     return false;
 }

@@ -5,6 +5,8 @@
  * record the first sighting and only gets to it after another poller recorded and reported
  * the same stall must not record it again: that made the stall look new and reported it a
  * second time. The test seam ng_test_qsbr_stall_sighting_hook holds a poller in that window.
+ * Then: a poller is never reported as its own laggard, and the QSBR mutex ignores a fired
+ * ng_cancel token.
  */
 #define _GNU_SOURCE
 #include <string.h>
@@ -122,5 +124,111 @@ TEST(qsbr_stall_first_sighting_recorded_late_is_not_a_second_stall)
     sighting_drop(s->stuck);
     sighting_drop(s->early);
     sighting_drop(s->late);
+    CHECK_STATUS(ng_qsbr_fini(&s->shared), NG_OK);
+}
+
+/* A poller whose own slot is the one behind its goal (it polls without having reported since
+ * the advance) is not told about itself: its own next quiescent report ends that "stall", and
+ * the handler would name the very thread that is running it. */
+
+static uint32_t self_calls;
+
+static void self_count(void *arg, const ng_qsbr_stall *stall)
+{
+    (void)arg;
+    (void)stall;
+    ng_atomic_fetch_add(&self_calls, 1, NG_SEQ_CST);
+}
+
+TEST(qsbr_stall_poller_is_never_its_own_laggard)
+{
+    static ng_qsbr_shared shared;
+    static ng_tstate owner;
+    REQUIRE(ng_qsbr_init(&shared) == NG_OK);
+    ng_qsbr_slot *slot = NULL;
+    REQUIRE(ng_qsbr_reserve(&shared, &slot) == NG_OK);
+    REQUIRE(ng_qsbr_register(slot, &owner) == NG_OK);
+    ng_atomic_store(&self_calls, 0, NG_SEQ_CST);
+    ng_qsbr_set_stall_handler(&shared, SIGHTING_THRESHOLD_NS, self_count, NULL);
+
+    ng_qsbr_attach(slot);
+    uint64_t goal = ng_qsbr_advance(&shared);
+    /* The first poll records the sighting (if any is recorded); after the threshold, a
+     * second poll through the scan and one through the laggard hint would report it. */
+    CHECK(!ng_qsbr_poll(slot, goal));
+    sleep_ms(3 * SIGHTING_THRESHOLD_NS / NG_NS_PER_MS);
+    CHECK(!ng_qsbr_poll(slot, goal));
+    CHECK(!ng_qsbr_poll(slot, goal));
+    CHECK_EQ(ng_atomic_load(&self_calls, NG_SEQ_CST), 0);
+    ng_qsbr_stats st;
+    ng_qsbr_get_stats(&shared, &st);
+    CHECK(st.stalls_reported == 0);
+
+    /* Its report fixes it. */
+    ng_qsbr_quiescent_state(slot);
+    CHECK(ng_qsbr_poll(slot, goal));
+
+    ng_qsbr_set_stall_handler(&shared, 0, NULL, NULL);
+    ng_qsbr_detach(slot);
+    CHECK_STATUS(ng_qsbr_unregister(slot), NG_OK);
+    CHECK_STATUS(ng_qsbr_fini(&shared), NG_OK);
+}
+
+/* The QSBR mutex is not cancellable: a thread whose ng_cancel token has fired still waits for
+ * it (the callers have no error path for "not taken", and carrying on without the lock would
+ * race on the freelist and pin counts, then unlock someone else's lock). */
+
+struct cancel_scene {
+    ng_qsbr_shared shared;
+    ng_qsbr_slot *slot;
+    uint32_t started;
+    uint32_t done;
+    int err;
+};
+
+static struct cancel_scene cancel_scene;
+
+static void *cancelled_pinner(void *arg)
+{
+    (void)arg;
+    struct cancel_scene *s = &cancel_scene;
+    ng_cancel token;
+    ng_cancel_init(&token);
+    ng_cancel_fire(&token);
+    ng_cancel *prev = ng_cancel_install(&token);
+    ng_atomic_store(&s->started, 1, NG_SEQ_CST);
+    s->err = ng_qsbr_pin(s->slot);
+    ng_atomic_store(&s->done, 1, NG_SEQ_CST);
+    ng_cancel_install(prev);
+    return NULL;
+}
+
+TEST(qsbr_mutex_is_not_cancellable)
+{
+    struct cancel_scene *s = &cancel_scene;
+    memset(s, 0, sizeof(*s));
+    static ng_tstate owner;
+    REQUIRE(ng_qsbr_init(&s->shared) == NG_OK);
+    REQUIRE(ng_qsbr_reserve(&s->shared, &s->slot) == NG_OK);
+    REQUIRE(ng_qsbr_register(s->slot, &owner) == NG_OK);
+
+    /* Held here: the pinner must wait for it, cancelled or not. */
+    REQUIRE(ng_mutex_lock(&s->shared.mutex) == NG_OK);
+    pthread_t t = spawn_thread(cancelled_pinner, NULL);
+    /* It either parks on the mutex (correct) or returns without it (the defect). */
+    SPIN_UNTIL(ng_atomic_load(&s->done, NG_SEQ_CST) ||
+               (ng_atomic_load(&s->shared.mutex.bits, NG_SEQ_CST) & NG_HAS_PARKED) != 0);
+    CHECK_EQ(ng_atomic_load(&s->done, NG_SEQ_CST), 0);
+    CHECK_EQ(s->slot->pins, 0);
+    int unlock_err = ng_mutex_unlock(&s->shared.mutex);
+    join_thread(t);
+    CHECK_STATUS(unlock_err, NG_OK);
+    CHECK_STATUS(s->err, NG_OK);
+    CHECK_EQ(s->slot->pins, 1);
+    CHECK(ng_mutex_trylock(&s->shared.mutex)); /* the pinner unlocked its own lock */
+    ng_mutex_unlock(&s->shared.mutex);
+
+    CHECK_STATUS(ng_qsbr_unpin(s->slot), NG_OK);
+    CHECK_STATUS(ng_qsbr_unregister(s->slot), NG_OK);
     CHECK_STATUS(ng_qsbr_fini(&s->shared), NG_OK);
 }

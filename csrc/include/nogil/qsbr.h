@@ -96,7 +96,7 @@ typedef struct ng_qsbr_slot {
  * return quickly, and may neither block nor detach), or a thread waiting in ng_qsbr_wait,
  * detached (the delayed-free back-pressure wait). It may not call back into QSBR nor use its
  * thread's state. The thread reported is one online slot's owner, never a waiter's (its slot
- * is offline). */
+ * is offline) nor the polling thread's own (its next quiescent report ends that wait). */
 typedef struct ng_qsbr_stall {
     uint64_t goal;            /* the unmet goal */
     uint64_t thread_id;       /* ng_thread_id() of the thread holding it back (0: unknown) */
