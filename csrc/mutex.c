@@ -82,6 +82,8 @@ int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
     /* The spin budget is per call: no state outlives the call, so fork() (the child has only
      * this thread) and the exit of an owner leave nothing behind. */
     int64_t spin_until = ng_add_sat(now, SPIN_NS);
+    if (spin_until > deadline)
+        spin_until = deadline; /* a short timed lock must not spin past its own deadline */
     int spins = 0, max_spins = spins_allowed();
 
     for (;;) {
@@ -106,8 +108,14 @@ int ng_mutex_lock_timed(ng_mutex *m, int64_t timeout_ns, int flags)
             continue;
         }
         int64_t remaining = timeout_ns < 0 ? -1 : ng_deadline_remaining(deadline);
-        if (remaining == 0)
+        if (remaining == 0) {
+            /* The blind spin did not look at the byte: a lock freed meanwhile is taken, not
+             * reported as timed out. */
+            v = ng_atomic_load(&m->bits, NG_RELAXED);
+            if ((v & NG_LOCKED) == 0)
+                continue;
             return NG_TIMEOUT;
+        }
         /* Announce before making the byte say HAS_PARKED, and look at the byte again after
          * the announcement's fence: a plain-store unlock either sees us or we see it. */
         ng_park_announce(&m->bits);

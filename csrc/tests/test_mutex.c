@@ -454,6 +454,46 @@ TEST(mutex_spin_ends_by_time_not_count)
     ng_mutex_set_spin_limit(previous);
 }
 
+struct short_timed_scene {
+    ng_mutex m;
+    int calling; /* the waiter is about to call the timed lock */
+};
+
+static void *short_timed_waiter(void *p)
+{
+    struct short_timed_scene *s = p;
+    ng_atomic_store(&s->calling, 1, NG_SEQ_CST);
+    intptr_t st = ng_mutex_lock_timed(&s->m, INT64_C(250000), 0);
+    if (st == NG_OK)
+        ng_mutex_unlock(&s->m);
+    return (void *)st;
+}
+
+TEST(mutex_short_timed_lock_takes_a_lock_freed_during_its_spin)
+{
+    /* A timeout shorter than the spin time: the spin must end at the deadline and look at the
+     * byte, which the holder cleared ~20 us into it. Spinning the full 300 us blind and then
+     * reporting NG_TIMEOUT from the byte read before the spin failed every round. A round may
+     * still time out if the VM deschedules the holder, so one success in 20 is required. */
+    int ok = 0;
+    for (int round = 0; round < 20 && ok == 0; round++) {
+        struct short_timed_scene s = {0};
+        ng_mutex_lock(&s.m);
+        pthread_t t = spawn_thread(short_timed_waiter, &s);
+        while (!ng_atomic_load(&s.calling, NG_SEQ_CST))
+            ng_cpu_relax();
+        int64_t until = ng_monotonic_ns() + INT64_C(20000);
+        while (ng_monotonic_ns() < until)
+            ng_cpu_relax();
+        CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
+        intptr_t st = (intptr_t)join_thread(t);
+        if (!CHECK(st == NG_OK || st == NG_TIMEOUT))
+            break;
+        ok += st == NG_OK;
+    }
+    CHECK_GT(ok, 0);
+}
+
 /* ---- R15: timed lock racing with a hand-off ------------------------------------------------- */
 
 struct r15_scene {
