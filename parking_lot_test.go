@@ -308,13 +308,14 @@ func TestParkContext(t *testing.T) {
 	// Deadline.
 	tctx, tcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer tcancel()
-	start := time.Now()
 	res, err = nogil.ParkContext(tctx, addr, 0, 4, 1)
 	if err != nil || res != nogil.Cancelled {
 		t.Errorf("ParkContext past its deadline = %v, %v; want Cancelled", res, err)
 	}
-	if el := time.Since(start); el < 20*time.Millisecond {
-		t.Errorf("ParkContext returned after %v, before its 20 ms deadline", el)
+	// The context itself says whether the deadline had passed (a clock read taken after
+	// WithTimeout could not: it starts late).
+	if tctx.Err() == nil {
+		t.Errorf("ParkContext returned Cancelled before its deadline")
 	}
 
 	// Value mismatch, with a live context.
