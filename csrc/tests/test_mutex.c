@@ -268,14 +268,15 @@ TEST(mutex_counter_slow)
  * as plain LOCKED, then a waiter set HAS_PARKED and went to sleep, then the owner's plain
  * store wiped the bit. (Writing LOCKED back by hand plays the owner's stale view.) The unlock
  * must still wake the sleeper, because the sleeper is announced. */
-struct announced_scene {
+/* A mutex and a thread that locks it once, says so, and unlocks. */
+struct locker_scene {
     ng_mutex m;
     int acquired;
 };
 
-static void *announced_locker(void *p)
+static void *lock_once_locker(void *p)
 {
-    struct announced_scene *s = p;
+    struct locker_scene *s = p;
     ng_mutex_lock(&s->m);
     ng_atomic_store(&s->acquired, 1, NG_SEQ_CST);
     ng_mutex_unlock(&s->m);
@@ -289,9 +290,9 @@ TEST(mutex_unlock_wakes_announced_sleeper_after_bit_was_lost)
         printf("  (CAS unlock mode: scenario not applicable)\n");
         return;
     }
-    struct announced_scene s = {0};
+    struct locker_scene s = {0};
     ng_mutex_lock(&s.m);
-    pthread_t t = spawn_thread(announced_locker, &s);
+    pthread_t t = spawn_thread(lock_once_locker, &s);
     CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&s.m.bits) == 1, PATIENCE_MS));
     CHECK_EQ(mutex_byte(&s.m), NG_LOCKED | NG_HAS_PARKED);
     CHECK_EQ(ng_park_announced(&s.m.bits), 1);
@@ -422,29 +423,15 @@ TEST(mutex_no_handoff_below_threshold)
 
 /* ---- The spin is bounded in time ------------------------------------------------------------ */
 
-struct spin_scene {
-    ng_mutex m;
-    int acquired;
-};
-
-static void *spin_locker(void *p)
-{
-    struct spin_scene *s = p;
-    ng_mutex_lock(&s->m);
-    ng_atomic_store(&s->acquired, 1, NG_SEQ_CST);
-    ng_mutex_unlock(&s->m);
-    return NULL;
-}
-
 TEST(mutex_spin_ends_by_time_not_count)
 {
     /* With no count limit a waiter must still stop yielding and park once its spin time is
      * up: that bound is what gives two contending threads turns of equal length whatever each
      * CPU's yield costs (mutex.c, SPIN_NS). A count-only spin would yield ~2^31 times here. */
     int previous = ng_mutex_set_spin_limit(INT_MAX);
-    struct spin_scene s = {0};
+    struct locker_scene s = {0};
     ng_mutex_lock(&s.m);
-    pthread_t t = spawn_thread(spin_locker, &s);
+    pthread_t t = spawn_thread(lock_once_locker, &s);
     CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&s.m.bits) == 1, PATIENCE_MS));
     CHECK(!ng_atomic_load(&s.acquired, NG_SEQ_CST));
     CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
