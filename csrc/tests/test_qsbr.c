@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fork_helpers.h"
 #include "qsbr_internal.h"
 #include "tstate_internal.h"
 
@@ -1120,6 +1121,7 @@ static const char *const qpin_names[] = {
     "a dead thread's unpinned slot was not freed",
     "registered/retained counts are wrong",
     "a reservation got a retained slot",
+    NULL,
 };
 
 struct qpin_scene {
@@ -1128,8 +1130,9 @@ struct qpin_scene {
     ng_tstate ts[4];
 };
 
-static int qpin_child(struct qpin_scene *s)
+static int qpin_child(void *arg)
 {
+    struct qpin_scene *s = arg;
     int failed = 0;
     ng_qsbr_after_fork(&s->shared, s->survivor);
     if (!s->survivor->allocated || s->survivor->tstate != &s->ts[0])
@@ -1169,21 +1172,9 @@ TEST(qsbr_after_fork_retains_pinned_slots)
     CHECK_STATUS(ng_qsbr_unregister(s.retained), NG_OK);
     ng_qsbr_attach(s.survivor);
     ng_qsbr_attach(s.dead_pinned); /* online when the fork happens */
-    pid_t pid = fork();
-    if (pid == 0) {
-        alarm(20);
-        _exit(qpin_child(&s));
-    }
-    CHECK_GT(pid, 0);
-    if (pid > 0) {
-        int status = wait_child(pid, 60000);
-        if (status == -1 || !WIFEXITED(status))
-            harness_fail(__FILE__, __LINE__, "fork child hung or died (status %d)", status);
-        else
-            for (int bit = 0; bit < (int)(sizeof qpin_names / sizeof qpin_names[0]); bit++)
-                if (WEXITSTATUS(status) & (1 << bit))
-                    harness_fail(__FILE__, __LINE__, "fork child: %s", qpin_names[bit]);
-    }
+    pid_t pid = fork_checks(qpin_child, &s);
+    if (CHECK_GT(pid, 0))
+        check_child(pid, qpin_names, "fork with pinned slots");
     ng_qsbr_detach(s.survivor);
     ng_qsbr_detach(s.dead_pinned);
     drop_slot(s.survivor);
