@@ -67,17 +67,25 @@ func wantReportErr(t *testing.T, what string, r nogil.QuiescentReporter, target 
 	wantErr(t, what+" (Err after Report)", r.Err(), target, hints...)
 }
 
+// wantZeroReporter checks a reporter with no ThreadState: its error forms say ErrInvalid
+// and Report panics (see Report for why it does not return false).
+func wantZeroReporter(t *testing.T, what string, r nogil.QuiescentReporter) {
+	t.Helper()
+	wantErr(t, what+" (QuiescentState)", r.QuiescentState(), nogil.ErrInvalid, "zero QuiescentReporter")
+	wantErr(t, what+" (Err)", r.Err(), nogil.ErrInvalid, "zero QuiescentReporter")
+	mustPanicNogil(t, what+" (Report)", func() { r.Report() })
+	if r.ThreadState() != nil {
+		t.Errorf("%s has a ThreadState", what)
+	}
+}
+
 // The reporter's errors are its ThreadState's: detached, from another goroutine with
 // something to write, after Release; the zero value says what it is.
 func TestQuiescentReporterErrors(t *testing.T) {
 	deadline(t, 30*time.Second)
-	var zero nogil.QuiescentReporter
-	wantReportErr(t, "zero QuiescentReporter", zero, nogil.ErrInvalid, "zero QuiescentReporter")
-	if zero.ThreadState() != nil {
-		t.Error("zero QuiescentReporter has a ThreadState")
-	}
+	wantZeroReporter(t, "zero QuiescentReporter", nogil.QuiescentReporter{})
 	var nilTS *nogil.ThreadState
-	wantReportErr(t, "QuiescentReporter of a nil ThreadState", nilTS.QuiescentReporter(), nogil.ErrInvalid)
+	wantZeroReporter(t, "QuiescentReporter of a nil ThreadState", nilTS.QuiescentReporter())
 
 	in := newInterp(t)
 	other := startBound(t, in, true)
