@@ -441,6 +441,79 @@ TEST(mutex_spin_ends_by_time_not_count)
     ng_mutex_set_spin_limit(previous);
 }
 
+/* ---- A yield that lost the CPU makes the thread sleep its spin -------------------------------- */
+
+struct shared_cpu_scene {
+    ng_mutex m;
+    int round;            /* main -> waiter: lock once more (1, 2) */
+    int done;             /* waiter -> main: rounds finished */
+    int64_t started[3];   /* when the waiter called lock, per round */
+    int64_t hint[3];      /* ng_mutex_sleep_spin_until() after the lock, per round */
+};
+
+static void *shared_cpu_waiter(void *p)
+{
+    struct shared_cpu_scene *s = p;
+    for (int round = 1; round <= 2; round++) {
+        SPIN_UNTIL(ng_atomic_load(&s->round, NG_SEQ_CST) == round);
+        s->started[round] = ng_monotonic_ns();
+        ng_mutex_lock(&s->m);
+        s->hint[round] = ng_mutex_sleep_spin_until();
+        ng_mutex_unlock(&s->m);
+        ng_atomic_store(&s->done, round, NG_SEQ_CST);
+    }
+    return NULL;
+}
+
+/* Runs the waiter's two contended locks: each time this thread holds the lock until the waiter
+ * has parked on it, so the waiter went through its whole spin first. */
+static void shared_cpu_rounds(struct shared_cpu_scene *s)
+{
+    pthread_t t = spawn_thread(shared_cpu_waiter, s);
+    for (int round = 1; round <= 2; round++) {
+        ng_mutex_lock(&s->m);
+        ng_atomic_store(&s->round, round, NG_SEQ_CST);
+        CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&s->m.bits) == 1, PATIENCE_MS));
+        CHECK_STATUS(ng_mutex_unlock(&s->m), NG_OK);
+        CHECK(WAIT_UNTIL(ng_atomic_load(&s->done, NG_SEQ_CST) == round, PATIENCE_MS));
+    }
+    join_thread(t);
+    CHECK_EQ(mutex_byte(&s->m), 0);
+}
+
+TEST(mutex_long_yield_makes_the_thread_sleep_its_spin)
+{
+    /* Threshold 0: every yield counts as one that gave the CPU to another task. The first
+     * contended lock must set the waiter's hint; the second, started within the hint's 10 ms,
+     * sleeps through its spin and must leave the hint alone (a sleep is long by design and
+     * says nothing about the CPU; refreshing on it would keep a thread sleeping for ever). */
+    int previous_spins = ng_mutex_set_spin_limit(INT_MAX);
+    int64_t previous = ng_mutex_set_long_yield_ns(0);
+    CHECK_EQ(previous, INT64_C(100000));
+    struct shared_cpu_scene s = {0};
+    shared_cpu_rounds(&s);
+    CHECK_GT(s.hint[1], s.started[1]);
+    if (s.started[2] < s.hint[1])
+        CHECK_EQ(s.hint[2], s.hint[1]);
+    else
+        printf("  (second lock came after the hint expired: sleep check not applicable)\n");
+    ng_mutex_set_long_yield_ns(previous);
+    ng_mutex_set_spin_limit(previous_spins);
+}
+
+TEST(mutex_short_yields_keep_the_thread_yielding)
+{
+    /* Control: with no yield counted as long, a fresh thread's hint stays unset. */
+    int previous_spins = ng_mutex_set_spin_limit(INT_MAX);
+    int64_t previous = ng_mutex_set_long_yield_ns(INT64_MAX);
+    struct shared_cpu_scene s = {0};
+    shared_cpu_rounds(&s);
+    CHECK_EQ(s.hint[1], 0);
+    CHECK_EQ(s.hint[2], 0);
+    ng_mutex_set_long_yield_ns(previous);
+    ng_mutex_set_spin_limit(previous_spins);
+}
+
 struct short_timed_scene {
     ng_mutex m;
     int calling; /* the waiter is about to call the timed lock */

@@ -5,7 +5,10 @@
  * unlocked, 01 locked, 10 unlocked with waiters (a woken waiter is about to retry), 11 locked
  * with waiters. Zero-initialised = unlocked.
  *
- * Locking spins (yielding the CPU) for up to 300 us on multi-core machines, then parks. A waiter that has
+ * Locking spins (yielding the CPU) for up to 300 us on multi-core machines, then parks; a thread
+ * whose yield just handed its CPU to another task for long (> 100 us) sleeps through that time
+ * instead of yielding for the next 10 ms, so that it is not away for a whole time slice of
+ * the other task while the owner runs. A waiter that has
  * waited longer than the hand-off threshold (1 ms) is handed the lock directly by the unlocker:
  * the byte never shows "unlocked" in between, so a barging thread cannot take it. Otherwise
  * the woken waiter competes with other lockers (barging keeps throughput high).
@@ -114,6 +117,16 @@ int64_t ng_mutex_set_handoff_ns(int64_t ns);
  * time, and returns the previous value. Default: no count limit (INT_MAX) on multi-core
  * machines, 0 (park at once) on one CPU. */
 int ng_mutex_set_spin_limit(int spins);
+
+/* Sets how long (ns) a wait in the spin may take before the calling thread counts its CPU as
+ * shared with another task and sleeps instead of yielding for 10 ms; returns the previous
+ * value (default 100 us; negative is taken as 0, i.e. every wait is long). For tests and
+ * tuning. */
+int64_t ng_mutex_set_long_yield_ns(int64_t ns);
+
+/* Until when (ng_monotonic_ns time) the calling thread sleeps instead of yielding in its
+ * spin; 0 or a past time if it yields. For tests and diagnostics. */
+int64_t ng_mutex_sleep_spin_until(void);
 
 #ifdef __cplusplus
 }
