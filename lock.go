@@ -23,6 +23,7 @@ import "C"
 import (
 	"context"
 	"runtime"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -64,7 +65,7 @@ type Mutex struct {
 	_       noCopy
 	cell    byteCell
 	c       *C.ng_mutex
-	parkers *uint32 // announced-parker count of c's parking-lot bucket
+	parkers *uint32 // announced-parker count of c's bucket, or noPlainUnlockParkers
 	mem     cMemory
 	race    raceEdge
 }
@@ -72,6 +73,10 @@ type Mutex struct {
 // useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core
 // decided the mode when it was loaded, before any Go code ran, and it never changes.
 var useStoreUnlock = storeunlock.Supported && C.ng_plain_unlock != 0
+
+// noPlainUnlockParkers is the parker count Unlock reads where no unlock is a plain store
+// (!useStoreUnlock): the parked bit then tells everything, and this stays 0.
+var noPlainUnlockParkers uint32
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
 func NewMutex() *Mutex {
@@ -90,22 +95,39 @@ func MutexAt(p unsafe.Pointer) *Mutex {
 
 func (m *Mutex) init(mem cMemory) {
 	m.mem, m.c, m.cell = mem, (*C.ng_mutex)(mem.p), newByteCell(mem.p)
-	m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
+	m.parkers = &noPlainUnlockParkers
+	if useStoreUnlock {
+		m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
+	}
 }
 
 // CPtr returns the ng_mutex* that C code can lock and unlock.
 func (m *Mutex) CPtr() unsafe.Pointer { return unsafe.Pointer(m.c) }
 
 // Lock locks m, waiting as long as needed.
-func (m *Mutex) Lock() {
-	if m.cell.word == nil || !m.cell.casOnce(0, locked) {
-		m.lockSlow()
+func (m *Mutex) Lock() { m.casOr(0, locked, (*Mutex).lockSlow) }
+
+// casOr is the fast path of Lock: m.cell.casAlone from 0 to locked, then slow on failure,
+// and always in race builds (whose slow paths add the race detector's edges). Inlined, as
+// sync.Mutex's are, an uncontended Lock and Unlock are one CAS each and no call. slow is a
+// parameter only to keep Lock and Unlock within the inlining budget, which charges less
+// for a call through a parameter; once inlined, it is a direct call.
+func (m *Mutex) casOr(old, new uint8, slow func(*Mutex)) {
+	if raceEnabled || !m.cell.casAlone(old, new) {
+		slow(m)
 	}
-	m.race.acquire()
 }
 
 func (m *Mutex) lockSlow() {
+	m.lockWait()
+	m.race.acquire()
+}
+
+func (m *Mutex) lockWait() {
 	m.check()
+	if m.cell.casOnce(0, locked) { // a borrowed byte whose neighbours are in use
+		return
+	}
 	// With waiters parked, spinning would only barge past them; the C path parks at once.
 	if m.cell.load()&hasParked == 0 {
 		for range goYieldRounds {
@@ -172,12 +194,44 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 }
 
 // Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
-func (m *Mutex) Unlock() {
+func (m *Mutex) Unlock() { m.unlockOr(unlockMutexSlow) }
+
+// unlockOr is the fast path of Unlock: casAlone from locked to 0 and, where C code unlocks
+// with a plain store (useStoreUnlock), a look at the count of parkers announced in the lock's
+// parking-lot bucket (elsewhere m.parkers is a word that stays 0). Such a store can wipe
+// HAS_PARKED from under a waiter that announced itself and sleeps, so finding the byte plain
+// LOCKED proves nothing about waiters. The CAS is a full barrier, as is the announcer's
+// increment of the count before it reads the byte, so one of the two sees the other. slow
+// is a parameter for the inlining budget (see casOr).
+func (m *Mutex) unlockOr(slow func(m *Mutex, c *C.ng_mutex, unlocked bool)) {
+	c, parkers := m.c, m.parkers // read before the CAS: after it the next owner may Close m
+	unlocked := !raceEnabled && m.cell.casAlone(locked, 0)
+	if !unlocked || atomic.LoadUint32(parkers) != 0 {
+		slow(m, c, unlocked)
+	}
+}
+
+// unlockMutexSlow wakes an announced parker after the fast path unlocked (then m itself may
+// already be closed: only c is used), or else unlocks through unlockSlow.
+func unlockMutexSlow(m *Mutex, c *C.ng_mutex, unlocked bool) {
+	if unlocked {
+		C.ng_mutex_unlock_wake(c)
+		return
+	}
+	m.unlockSlow()
+}
+
+// unlockSlow unlocks when the byte is not plain LOCKED in an otherwise zero word (parked
+// waiters to wake, or a borrowed byte whose neighbours are in use), and in race builds.
+func (m *Mutex) unlockSlow() {
 	// Read the wrapper before the race-build release: once the lock is free, the next owner
 	// may Close it (and so write these fields).
 	cell, c, parkers := m.cell, m.c, m.parkers
 	m.race.release()
-	if useStoreUnlock && c != nil {
+	if c == nil {
+		panic(mutexUnusable)
+	}
+	if useStoreUnlock {
 		switch storeunlock.Unlock((*uint8)(unsafe.Pointer(c)), parkers) {
 		case storeunlock.Unlocked:
 			return
@@ -185,15 +239,8 @@ func (m *Mutex) Unlock() {
 			C.ng_mutex_unlock_wake(c)
 			return
 		}
-	} else if cell.word != nil && cell.casOnce(locked, 0) {
+	} else if cell.casOnce(locked, 0) {
 		return
-	}
-	unlockMutexSlow(c)
-}
-
-func unlockMutexSlow(c *C.ng_mutex) {
-	if c == nil {
-		panic(mutexUnusable)
 	}
 	if C.ng_mutex_unlock_slow(c) == C.NG_ENOTLOCKED {
 		panic("nogil: unlock of unlocked Mutex")
