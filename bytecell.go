@@ -15,6 +15,7 @@ import (
 // non-inlinable call on the fast path; this stays inlinable Go.
 type byteCell struct {
 	word  *uint32 // the aligned word holding the byte
+	alone *uint32 // word where casAlone may try it, else nil (see casAlone)
 	shift uint32  // bit offset of the byte inside *word
 	unit  uint32  // 1 << shift: a byte value times unit is its word (casAlone needs no shift)
 }
@@ -56,15 +57,26 @@ func (c byteCell) cas(old, new uint8) bool {
 
 // casAlone sets the byte from old to new if it holds old and the rest of its word is zero,
 // as it is in the cells NewMutex and its kin allocate (one zeroed cache line per lock);
-// false, with nothing written, when the word is nil or anything else differs (the caller's
-// slow path then uses cas or casOnce). It is the fast paths' CAS because it does not load
+// false, with nothing written, when anything else differs (the caller's slow path then uses
+// cas or casOnce) or at once when c.alone is nil: a failed CAS costs a locked instruction
+// like a successful one, so a borrowed byte whose neighbours were in use when it was
+// wrapped does not try (see aloneIfQuiet). It is the fast paths' CAS because it does not load
 // the word first: that load often comes right after an unlock's one-byte store into the same
 // word (C's plain-store unlock), and a wider load cannot take its value from a narrower
 // pending store, so it waits until the store reaches the cache. In lockbench (1 thread,
 // cs 1), a Go Mutex that loaded first and unlocked with a byte store ran at 0.31x
 // sync.Mutex; with casAlone on both sides, 0.6-0.7x, and inlined 0.86-0.95x.
 func (c byteCell) casAlone(old, new uint8) bool {
-	return c.word != nil && atomic.CompareAndSwapUint32(c.word, uint32(old)*c.unit, uint32(new)*c.unit)
+	return c.alone != nil && atomic.CompareAndSwapUint32(c.alone, uint32(old)*c.unit, uint32(new)*c.unit)
+}
+
+// aloneIfQuiet lets casAlone try the word if the byte's neighbours are zero now, or always if
+// owned (our own zeroed cell, whose other bytes nobody writes). For borrowed memory the
+// neighbours may change later; that only sends casAlone to the slow path.
+func (c *byteCell) aloneIfQuiet(owned bool) {
+	if owned || atomic.LoadUint32(c.word)&^(0xff*c.unit) == 0 {
+		c.alone = c.word
+	}
 }
 
 // casOnce is cas without the retry, for fast paths that fall back to a slow path anyway

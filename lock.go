@@ -23,7 +23,6 @@ import "C"
 import (
 	"context"
 	"runtime"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -51,12 +50,11 @@ const (
 )
 
 // A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
-// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock is a Go
-// compare-and-swap and uncontended Unlock a plain store (on amd64; a compare-and-swap
-// elsewhere), with no cgo call; a contended Lock first yields to other goroutines for a
-// while (runtime.Gosched), then parks the calling OS thread in the C parking lot. A waiter
-// that has waited more than 1 ms in the parking lot is handed the lock directly on unlock,
-// so no locker starves.
+// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock and Unlock are
+// each one inlined Go compare-and-swap, with no cgo call; a contended Lock first yields to
+// other goroutines for a while (runtime.Gosched), then parks the calling OS thread in the C
+// parking lot. A waiter that has waited more than 1 ms in the parking lot is handed the lock
+// directly on unlock, so no locker starves.
 //
 // Create one with NewMutex (or wrap C memory with MutexAt) and Close it when done. Unlike
 // sync.Mutex, the zero value is not usable. Like sync.Mutex, it is not reentrant and may be
@@ -65,7 +63,7 @@ type Mutex struct {
 	_       noCopy
 	cell    byteCell
 	c       *C.ng_mutex
-	parkers *uint32 // announced-parker count of c's bucket, or noPlainUnlockParkers
+	parkers *uint32 // announced-parker count of c's bucket, for the plain-store unlock
 	mem     cMemory
 	race    raceEdge
 }
@@ -73,10 +71,6 @@ type Mutex struct {
 // useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core
 // decided the mode when it was loaded, before any Go code ran, and it never changes.
 var useStoreUnlock = storeunlock.Supported && C.ng_plain_unlock != 0
-
-// noPlainUnlockParkers is the parker count Unlock reads where no unlock is a plain store
-// (!useStoreUnlock): the parked bit then tells everything, and this stays 0.
-var noPlainUnlockParkers uint32
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
 func NewMutex() *Mutex {
@@ -95,7 +89,7 @@ func MutexAt(p unsafe.Pointer) *Mutex {
 
 func (m *Mutex) init(mem cMemory) {
 	m.mem, m.c, m.cell = mem, (*C.ng_mutex)(mem.p), newByteCell(mem.p)
-	m.parkers = &noPlainUnlockParkers
+	m.cell.aloneIfQuiet(mem.owned)
 	if useStoreUnlock {
 		m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
 	}
@@ -107,11 +101,15 @@ func (m *Mutex) CPtr() unsafe.Pointer { return unsafe.Pointer(m.c) }
 // Lock locks m, waiting as long as needed.
 func (m *Mutex) Lock() { m.casOr(0, locked, (*Mutex).lockSlow) }
 
-// casOr is the fast path of Lock: m.cell.casAlone from 0 to locked, then slow on failure,
-// and always in race builds (whose slow paths add the race detector's edges). Inlined, as
-// sync.Mutex's are, an uncontended Lock and Unlock are one CAS each and no call. slow is a
-// parameter only to keep Lock and Unlock within the inlining budget, which charges less
-// for a call through a parameter; once inlined, it is a direct call.
+// casOr is the fast path of Lock (0 to locked) and Unlock (locked to 0): m.cell.casAlone,
+// then slow on failure, and always in race builds (whose slow paths add the race detector's
+// edges). Inlined, as sync.Mutex's are, an uncontended Lock and Unlock are one CAS each and
+// no call. slow is a parameter only to keep Lock and Unlock within the inlining budget,
+// which charges less for a call through a parameter; once inlined, it is a direct call.
+//
+// A CAS unlock that finds the byte plain LOCKED need not look for announced parkers (as
+// the plain-store unlock in unlockSlow must): only a plain store can wipe a sleeper's
+// HAS_PARKED, and the unlocker whose store wiped it reads the announcements and wakes.
 func (m *Mutex) casOr(old, new uint8, slow func(*Mutex)) {
 	if raceEnabled || !m.cell.casAlone(old, new) {
 		slow(m)
@@ -194,32 +192,7 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 }
 
 // Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
-func (m *Mutex) Unlock() { m.unlockOr(unlockMutexSlow) }
-
-// unlockOr is the fast path of Unlock: casAlone from locked to 0 and, where C code unlocks
-// with a plain store (useStoreUnlock), a look at the count of parkers announced in the lock's
-// parking-lot bucket (elsewhere m.parkers is a word that stays 0). Such a store can wipe
-// HAS_PARKED from under a waiter that announced itself and sleeps, so finding the byte plain
-// LOCKED proves nothing about waiters. The CAS is a full barrier, as is the announcer's
-// increment of the count before it reads the byte, so one of the two sees the other. slow
-// is a parameter for the inlining budget (see casOr).
-func (m *Mutex) unlockOr(slow func(m *Mutex, c *C.ng_mutex, unlocked bool)) {
-	c, parkers := m.c, m.parkers // read before the CAS: after it the next owner may Close m
-	unlocked := !raceEnabled && m.cell.casAlone(locked, 0)
-	if !unlocked || atomic.LoadUint32(parkers) != 0 {
-		slow(m, c, unlocked)
-	}
-}
-
-// unlockMutexSlow wakes an announced parker after the fast path unlocked (then m itself may
-// already be closed: only c is used), or else unlocks through unlockSlow.
-func unlockMutexSlow(m *Mutex, c *C.ng_mutex, unlocked bool) {
-	if unlocked {
-		C.ng_mutex_unlock_wake(c)
-		return
-	}
-	m.unlockSlow()
-}
+func (m *Mutex) Unlock() { m.casOr(locked, 0, (*Mutex).unlockSlow) }
 
 // unlockSlow unlocks when the byte is not plain LOCKED in an otherwise zero word (parked
 // waiters to wake, or a borrowed byte whose neighbours are in use), and in race builds.

@@ -72,8 +72,9 @@ func (r QuiescentReporter) Err() error { return reporterChecked(r.ts) }
 // idleOrErr and idleOrOK take the checked path as a parameter only to stay within the
 // inlining budget (as ThreadState.idleOr does). They return without it while r's state is
 // live and its slot holds the current write sequence (nothing to write); race builds always
-// take it, so that every call is checked. They spell the same nested ifs out rather than
-// share a bool helper: the bool's test would not fold into the caller's.
+// take it, so that every call is checked. They spell the test out rather than share a bool
+// helper: the bool's test would not fold into the caller's. idleOrOK panics on the zero
+// reporter first (see Report).
 //
 // What makes the two loads enough, and safe, is explained at ThreadState.idleOr: a slot a
 // reporter was taken for stays pinned until r's ThreadState is garbage collected (r holds

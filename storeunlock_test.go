@@ -3,6 +3,7 @@ package nogil_test
 import (
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nogil-go/nogil"
 	"github.com/nogil-go/nogil/internal/ctest"
@@ -10,14 +11,20 @@ import (
 
 // The interleaving that park announcements exist for, from Go: a goroutine sleeps in Lock with
 // HAS_PARKED set, then the bit is wiped (as a plain-store unlock that read the byte just before
-// the waiter set it would wipe it). Go's Unlock must still wake the sleeper: it is announced.
-// In CAS mode the scenario cannot happen, and the test does not apply.
+// the waiter set it would wipe it). Go's plain-store Unlock must still wake the sleeper: it is
+// announced. Go unlocks with a plain store only a borrowed byte whose neighbours are in use
+// (NewMutex's own cells are unlocked with a CAS, which cannot wipe the bit), so the lock is
+// one. In CAS mode the scenario cannot happen, and the test does not apply.
 func TestMutexStoreUnlockWakesAnnouncedSleeper(t *testing.T) {
 	if !ctest.PlainUnlock() {
 		t.Skip("CAS unlock mode: nothing ever wipes the parked bit")
 	}
 	deadline(t, 30*time.Second)
-	m := nogil.NewMutex()
+	mem := ctest.Alloc(8)
+	defer ctest.Free(mem)
+	ctest.Fill(mem, 0, 8)
+	ctest.Store8(unsafe.Add(mem, 1), 0xa5) // a neighbour in use: Unlock takes the store path
+	m := nogil.MutexAt(mem)
 	m.Lock()
 	acquired := goLocked(func() {
 		m.Lock()
@@ -36,5 +43,7 @@ func TestMutexStoreUnlockWakesAnnouncedSleeper(t *testing.T) {
 		<-acquired
 		t.Fatal("lost wake-up: Unlock did not wake the announced sleeper")
 	}
-	closeOK(t, m)
+	if err := m.Close(); err != nil { // before the deferred Free
+		t.Errorf("Close: %v", err)
+	}
 }

@@ -5,13 +5,13 @@
  * unlocked, 01 locked, 10 unlocked with waiters (a woken waiter is about to retry), 11 locked
  * with waiters. Zero-initialised = unlocked.
  *
- * Locking spins (yielding the CPU) for up to 300 us on multi-core machines, then parks; a thread
- * whose yield just handed its CPU to another task for long (> 100 us) sleeps through that time
- * instead of yielding for the next 10 ms, so that it is not away for a whole time slice of
- * the other task while the owner runs. A waiter that has
- * waited longer than the hand-off threshold (1 ms) is handed the lock directly by the unlocker:
- * the byte never shows "unlocked" in between, so a barging thread cannot take it. Otherwise
- * the woken waiter competes with other lockers (barging keeps throughput high).
+ * Locking spins (yielding the CPU) for up to 300 us on multi-core machines, then parks. A thread
+ * whose yield lost its CPU to another task for long (> 100 us) spends its spins of the next
+ * 10 ms asleep instead, so that it is not away for a whole time slice of that task while the
+ * owner runs. A waiter that has waited longer than the hand-off threshold (1 ms) is handed the
+ * lock directly by the unlocker: the byte never shows "unlocked" in between, so a barging
+ * thread cannot take it. Otherwise the woken waiter competes with other lockers (barging keeps
+ * throughput high).
  *
  * Fork: a child must call ng_mutex_at_fork_reinit on every mutex it will use that a dead thread
  * might hold. Thread exit: a mutex held by a thread that exits stays locked.
