@@ -25,6 +25,9 @@
 
 /* ---- Test hooks -------------------------------------------------------------------------- */
 
+/* Nonzero: every heap set buffers its owner's frees, whatever its size (nogil/alloc.h,
+ * ng_mi_dfree; set before the heaps it should apply to take a slow path). */
+extern int ng_mi_test_dfree_always;
 /* The next N segment mappings fail as if the kernel refused them (decremented atomically). */
 extern int ng_mi_test_fail_mmap;
 /* Bytes this allocator has mapped in the whole process (leak checks). */
@@ -108,7 +111,15 @@ struct ng_mi_thread {
     ng_mi_segment *huge;            /* this set's huge segments: under mi->lock */
     struct ng_mi_thread *prev, *next; /* mi->threads, under mi->lock */
     bool abandoning;                /* empty segments stay until the abandon decides */
+    /* The owner's deferred frees (nogil/alloc.h). Pushed by the owner's frees; flushed by the
+     * owner, by the thread that stopped the owner's world (visit, statistics) and by the
+     * abandon (also a fork child's, for a dead thread). */
+    ng_mi_dfree dfree;
 };
+
+/* Turns the set's buffering on while one of its object heaps spans more than one segment, off
+ * otherwise (nogil/alloc.h, ng_mi_dfree); owner. */
+void ng_mi_dfree_adapt(ng_mi_thread *t);
 
 /* The per-interpreter data (interp->ext[index]). */
 typedef struct ng_mi_interp {

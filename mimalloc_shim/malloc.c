@@ -121,6 +121,15 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
 #endif
     if (size > NG_MI_LARGE_MAX)
         return huge_malloc(heap, size);
+    /* An object heap's slow path hands the owner's buffered frees to their pages first: a
+     * page they empty retires now (its delay or goal starts as it would without the
+     * buffer), and a buffer does not hold blocks across a program's phases (nogil/alloc.h,
+     * ng_mi_dfree). Not the MEM heap's: its owner may be detached, and a stopper may be
+     * walking the object pages the flush would change. */
+    if (heap->kind != NG_MI_HEAP_MEM) {
+        ng_mi_dfree_flush(&heap->thread->dfree);
+        ng_mi_dfree_adapt(heap->thread);
+    }
     ng_mi_heap_drain_delayed(heap);
     ng_mi_heap_collect_retired(heap, false);
     size_t bin = ng_mi_heap_bin(heap->kind, size);

@@ -83,6 +83,15 @@
 extern "C" {
 #endif
 
+/* The fast paths below are meant to be inlined into their callers' loops: with the deferred
+ * free's push in it, GCC -O2 judged ng_mi_free too big and called an out-of-line copy (with
+ * its register saves) from the benchmark's loop. */
+#if defined(__GNUC__)
+#define NG_MI_FAST_PATH static inline __attribute__((always_inline))
+#else
+#define NG_MI_FAST_PATH static inline
+#endif
+
 /* ---- Geometry ------------------------------------------------------------------------ */
 
 #define NG_MI_SEGMENT_SHIFT 22
@@ -217,7 +226,7 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out);
  * returns a unique block of the smallest class. */
 void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size);
 
-static inline void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
+NG_MI_FAST_PATH void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
 {
 #ifdef NG_MI_DEBUG
     /* Debug builds keep a live bit per block (the checked free's double-free test), which
@@ -251,6 +260,67 @@ size_t ng_mi_usable_size(const void *p);
 int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p);
 void ng_mi_page_retire(ng_mi_page *page);
 
+/* The owner's deferred frees: a short buffer of blocks the owner thread freed into its own
+ * heaps, handed to their pages NG_MI_DFREE_N at a time (mimalloc_shim/ flushes it earlier
+ * whenever the pages must be exact: collect, visit, statistics, abandon, a checked free).
+ *
+ * Why: at a working set larger than the CPU caches, the block being freed is usually a cache
+ * miss, and everything the free does after it (segment header, page index, page descriptor,
+ * the list push) waits for that miss; with one op's free and the next op's loads queued behind
+ * it, the core ran out of room for independent misses. A push only stores the pointer; the
+ * page work runs at the flush, when the blocks have long arrived. Replace-in-window at
+ * 100,000 live blocks of 16-256 B: about 20-30% more ops per second (see the commit).
+ *
+ * A buffered block is free to the caller but still counted in its page's `used`, so its
+ * page cannot be emptied, deferred or reused meanwhile; it is never handed out before the
+ * flush. Only blocks of object heaps (never MEM, which a detached owner may free into) and
+ * of non-huge segments owned by the buffer's heap set and by the calling thread go in, so a
+ * stop-the-world visitor may flush a stopped owner's buffer (the owner does not touch it
+ * while detached). The buffer lives in the heap set; ng_mi_dfree_cur is the calling thread's
+ * pointer to the buffer of the heap set it last asked for a heap (ng_mi_heap_of), or to
+ * ng_mi_dfree_none (no set, or that set went). A set buffers only while one of its object
+ * heaps spans more than one segment (its owner field is a value no segment has otherwise):
+ * with fewer live blocks they stay in the CPU caches, and the push and the later flush only
+ * add instructions (replace-in-window at 1,024 live blocks: 13% fewer ops per second).
+ * Not for direct use. */
+#define NG_MI_DFREE_N 16
+typedef struct ng_mi_dfree {
+    uint32_t n;
+    ng_mi_thread *owner;
+    void *blocks[NG_MI_DFREE_N];
+} ng_mi_dfree;
+extern __thread ng_mi_dfree *ng_mi_dfree_cur;
+/* The heap set ng_mi_dfree_cur lies in (NULL with ng_mi_dfree_none). The push dereferences
+ * ng_mi_dfree_cur only once the segment's owner has matched it: a set that owns a segment is
+ * alive, whereas the thread's pointers may outlive their set (a state claimed by an
+ * interpreter's deletion gets no clear hook; hook_interp_free frees its set). */
+extern __thread ng_mi_thread *ng_mi_dfree_cur_set;
+extern ng_mi_dfree ng_mi_dfree_none;
+/* Hands the buffered blocks to their pages (the owner, or a thread with its rights). */
+void ng_mi_dfree_flush(ng_mi_dfree *d);
+
+/* Buffers `p`, a block of a segment the calling thread owns, when it qualifies (see
+ * ng_mi_dfree); false otherwise. Not for direct use. */
+NG_MI_FAST_PATH bool ng_mi_dfree_push_owned(ng_mi_segment *segment, void *p)
+{
+    /* Our own segment: we wrote segment->owner last (allocation, reclaim and abandon all
+     * happen on the thread taking the segment), so the plain reads of owner and the kinds
+     * race with nothing. The set test comes before any use of ng_mi_dfree_cur (see
+     * ng_mi_dfree_cur_set); the owner test then fails for a set that does not buffer. */
+    if (segment->owner != ng_mi_dfree_cur_set)
+        return false;
+    ng_mi_dfree *d = ng_mi_dfree_cur;
+    if (segment->owner != d->owner || segment->heap_kind == NG_MI_HEAP_MEM ||
+        segment->kind == NG_MI_SEGMENT_HUGE)
+        return false;
+    uint32_t n = d->n;
+    d->blocks[n] = p;
+    d->n = n + 1;
+    if (n + 1 == NG_MI_DFREE_N)
+        ng_mi_dfree_flush(d);
+    return true;
+}
+
 /* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out, or
  * its segment was unmapped), NG_ESTATE (the block is already free, or it is an object-heap
  * block of the caller's own heap while no state of the caller in that heap's interpreter is
@@ -260,7 +330,7 @@ int ng_mi_free_checked(void *p);
 
 /* Frees a block of any heap from any thread. NULL is ignored. NG_OK (see the header comment
  * for NG_MI_DEBUG builds). */
-static inline int ng_mi_free(void *p)
+NG_MI_FAST_PATH int ng_mi_free(void *p)
 {
 #ifdef NG_MI_DEBUG
     return ng_mi_free_checked(p);
@@ -268,17 +338,23 @@ static inline int ng_mi_free(void *p)
     if (p == NULL)
         return NG_OK;
     ng_mi_segment *segment = ng_mi_segment_of(p);
-    ng_mi_page *page = ng_mi_page_of(segment, p);
     /* Relaxed: only the owner stores its own id there (and only it replaces it, when it
      * abandons the segment), so reading our id means we are the owner; any other value,
      * however stale, takes the out-of-line path, which is right for every owner. */
-    if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id() && page->flags == 0) {
-        *(ng_mi_block **)((char *)p + page->link_offset) = page->local_free;
-        page->local_free = (ng_mi_block *)p;
-        if (--page->used == 0)
-            ng_mi_page_retire(page);
-        return NG_OK;
+    if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id()) {
+        if (ng_mi_dfree_push_owned(segment, p))
+            return NG_OK;
+        ng_mi_page *page = ng_mi_page_of(segment, p);
+        if (page->flags == 0) {
+            *(ng_mi_block **)((char *)p + page->link_offset) = page->local_free;
+            page->local_free = (ng_mi_block *)p;
+            if (--page->used == 0)
+                ng_mi_page_retire(page);
+            return NG_OK;
+        }
+        return ng_mi_free_generic(segment, page, p);
     }
+    ng_mi_page *page = ng_mi_page_of(segment, p);
     return ng_mi_free_generic(segment, page, p);
 #endif
 }

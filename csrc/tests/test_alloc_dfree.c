@@ -1,0 +1,477 @@
+/* The owner's deferred frees (nogil/alloc.h, ng_mi_dfree): a buffered block is free to every
+ * reader of the heap (visit, statistics, the checked free), whoever reads it (the owner, the
+ * thread that stopped the owner's world, a fork child's survivor), and the thread's pointer to
+ * a buffer never outlives the heap set that holds it. The tests turn buffering on for small
+ * heaps too (ng_mi_test_dfree_always), and each first checks that its frees were buffered,
+ * so that it tests the buffer and not the direct path. */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "alloc_helpers.h"
+
+enum { DF_ALLOCATED = 8, DF_FREED = 5 }; /* DF_FREED < NG_MI_DFREE_N: no flush by the push */
+
+/* Buffering on for every heap until the test returns, also through an early REQUIRE return:
+ * a flag left set would change what every later test measures. */
+static void df_always_off(int *unused)
+{
+    (void)unused;
+    ng_atomic_store(&ng_mi_test_dfree_always, 0, NG_RELAXED);
+}
+#define DF_ALWAYS_ON()                                                                        \
+    __attribute__((cleanup(df_always_off))) int df_always_on_ =                               \
+        (ng_atomic_store(&ng_mi_test_dfree_always, 1, NG_RELAXED), 1);                        \
+    (void)df_always_on_
+
+static bool df_count(void *block, size_t size, void *arg)
+{
+    (void)block;
+    (void)size;
+    (*(size_t *)arg)++;
+    return true;
+}
+
+/* Allocates DF_ALLOCATED blocks of 64 bytes from h and frees the first DF_FREED of them;
+ * whether those frees were buffered. */
+static bool df_alloc_and_free(ng_mi_heap *h, void **blocks)
+{
+    for (int i = 0; i < DF_ALLOCATED; i++) {
+        blocks[i] = ng_mi_heap_malloc(h, 64);
+        if (blocks[i] == NULL)
+            return false;
+    }
+    uint32_t before = ng_mi_dfree_cur->n;
+    for (int i = 0; i < DF_FREED; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    return ng_mi_dfree_cur != &ng_mi_dfree_none && ng_mi_dfree_cur->n == before + DF_FREED;
+}
+
+TEST(alloc_dfree_owner_sees_buffered_blocks_as_free)
+{
+    DF_ALWAYS_ON();
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    void *blocks[DF_ALLOCATED];
+    REQUIRE(df_alloc_and_free(h, blocks));
+    size_t live = 0;
+    CHECK_STATUS(ng_mi_heap_visit(h, df_count, &live), NG_OK);
+    CHECK_EQ(live, DF_ALLOCATED - DF_FREED);
+
+    REQUIRE(df_alloc_and_free(h, blocks));
+    CHECK_EQ(alloc_heap_stats(h).blocks_in_use, 2 * DF_ALLOCATED - 2 * DF_FREED);
+
+    /* A second free of a buffered block: NG_ESTATE from the checked free (release builds
+     * look in the buffer, debug builds find the live bit cleared), the block untouched. */
+    void *again = ng_mi_heap_malloc(h, 64);
+    REQUIRE(again != NULL);
+    uint32_t n = ng_mi_dfree_cur->n;
+    CHECK_STATUS(ng_mi_free(again), NG_OK);
+    REQUIRE(ng_mi_dfree_cur->n == n + 1);
+    CHECK_STATUS(ng_mi_free_checked(again), NG_ESTATE);
+    CHECK_EQ(ng_mi_dfree_cur->n, n + 1);
+
+    /* Every block freed, a collect empties the heap: the buffer does not hold pages. */
+    for (int i = DF_FREED; i < DF_ALLOCATED; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    CHECK_STATUS(ng_mi_heap_collect(h, false), NG_OK);
+    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+    CHECK_EQ(alloc_heap_stats(h).blocks_in_use, DF_ALLOCATED - DF_FREED);
+    end_scene(in, ts);
+}
+
+/* A thread whose frees are buffered when it detaches and waits. */
+typedef struct df_holder {
+    ng_interp *in;
+    ng_event ready, done;
+    ng_mi_heap *heap;
+    void *blocks[DF_ALLOCATED];
+    bool buffered;
+} df_holder;
+
+static void *df_holder_main(void *arg)
+{
+    df_holder *d = arg;
+    ng_tstate *ts = attached_state(d->in);
+    if (ts != NULL) {
+        d->heap = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+        d->buffered = d->heap != NULL && df_alloc_and_free(d->heap, d->blocks);
+        CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    }
+    ng_event_notify(&d->ready);
+    ng_event_wait(&d->done);
+    if (ts == NULL)
+        return NULL;
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    if (d->buffered)
+        for (int i = DF_FREED; i < DF_ALLOCATED; i++)
+            CHECK_STATUS(ng_mi_free(d->blocks[i]), NG_OK);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    return NULL;
+}
+
+TEST(alloc_dfree_stopper_sees_a_stopped_owners_buffered_blocks_as_free)
+{
+    DF_ALWAYS_ON();
+    TSTATE_SCENE(in, ts);
+    df_holder d;
+    memset(&d, 0, sizeof d);
+    d.in = in;
+    pthread_t th = spawn_thread(df_holder_main, &d);
+    ng_event_wait(&d.ready);
+    CHECK(d.buffered);
+    if (d.buffered) {
+        CHECK_STATUS(ng_stop_the_world(in, ts), NG_OK);
+        size_t live = 0;
+        CHECK_STATUS(ng_mi_heap_visit(d.heap, df_count, &live), NG_OK);
+        ng_mi_stats st;
+        memset(&st, 0, sizeof st);
+        CHECK_STATUS(ng_mi_heap_get_stats(d.heap, &st), NG_OK);
+        CHECK_STATUS(ng_start_the_world(in), NG_OK);
+        CHECK_EQ(live, DF_ALLOCATED - DF_FREED);
+        CHECK_EQ(st.blocks_in_use, DF_ALLOCATED - DF_FREED);
+    }
+    ng_event_notify(&d.done);
+    join_thread(th);
+    CHECK_EQ(alloc_interp_stats(in).blocks_in_use, 0);
+    end_scene(in, ts);
+}
+
+enum {
+    DF_CHILD_STATS = 1 << 0, /* the dead thread's buffered blocks are free in the child */
+    DF_CHILD_FREE = 1 << 1,  /* its live ones can be freed, and then nothing is in use */
+};
+
+static int df_fork_child(ng_interp *in, ng_tstate *me, df_holder *d)
+{
+    int bad = 0;
+    ng_mi_heap *h;
+    if (ng_mi_heap_of(me, NG_MI_HEAP_OBJECT, &h) != NG_OK || ng_mi_heap_collect(h, true) != NG_OK)
+        return DF_CHILD_STATS;
+    ng_mi_stats st;
+    if (ng_mi_interp_get_stats(in, &st) != NG_OK ||
+        st.blocks_in_use != DF_ALLOCATED - DF_FREED)
+        bad |= DF_CHILD_STATS;
+    for (int i = DF_FREED; i < DF_ALLOCATED; i++)
+        if (ng_mi_free(d->blocks[i]) != NG_OK)
+            bad |= DF_CHILD_FREE;
+    if (ng_mi_heap_collect(h, true) != NG_OK || ng_mi_interp_get_stats(in, &st) != NG_OK ||
+        st.blocks_in_use != 0)
+        bad |= DF_CHILD_FREE;
+    return bad;
+}
+
+TEST(alloc_dfree_fork_child_frees_a_dead_threads_buffered_blocks)
+{
+    DF_ALWAYS_ON();
+    TSTATE_SCENE(in, me);
+    df_holder d;
+    memset(&d, 0, sizeof d);
+    d.in = in;
+    pthread_t th = spawn_thread(df_holder_main, &d);
+    ng_event_wait(&d.ready);
+    CHECK(d.buffered);
+    if (d.buffered) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(20);
+            _exit(df_fork_child(in, me, &d));
+        }
+        REQUIRE(pid > 0);
+        int raw = wait_child(pid, 30000);
+        CHECK(raw != -1 && WIFEXITED(raw));
+        int status = raw != -1 && WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+        CHECK_EQ(status, 0);
+        if (status > 0 && (status & DF_CHILD_STATS))
+            harness_fail(__FILE__, __LINE__, "child: buffered blocks counted in use");
+        if (status > 0 && (status & DF_CHILD_FREE))
+            harness_fail(__FILE__, __LINE__, "child: live blocks not freed");
+    }
+    ng_event_notify(&d.done);
+    join_thread(th);
+    end_scene(in, me);
+}
+
+/* The thread's buffer pointer goes with the heap set it points into: a free after the
+ * release must not read the freed set (ASan: heap-use-after-free), nor buffer into it. */
+TEST(alloc_dfree_release_drops_the_threads_buffer_pointer)
+{
+    DF_ALWAYS_ON();
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    void *b = ng_mi_heap_malloc(h, 64);
+    REQUIRE(b != NULL);
+    CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    ng_tstate *other = attached_state(in);
+    REQUIRE(other != NULL);
+    ng_mi_heap *oh = alloc_heap(other, NG_MI_HEAP_OBJECT);
+    REQUIRE(oh != NULL);
+    void *ob = ng_mi_heap_malloc(oh, 64);
+    REQUIRE(ob != NULL);
+    uint32_t n = ng_mi_dfree_cur->n;
+    CHECK_STATUS(ng_mi_free(ob), NG_OK); /* buffered in `other`'s set, flushed by the release */
+    CHECK_EQ(ng_mi_dfree_cur->n, n + 1);
+    CHECK_STATUS(ng_tstate_release(other), NG_OK);
+    CHECK(ng_mi_dfree_cur == &ng_mi_dfree_none);
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    CHECK_STATUS(ng_mi_free(b), NG_OK);
+    end_scene(in, ts);
+}
+
+/* Without the test switch, a set buffers only while an object heap spans more than one
+ * segment: not for a few blocks, yes once the heap has grown past a segment, and not again
+ * once a collect has given the extra segments back. */
+TEST(alloc_dfree_buffering_follows_the_heaps_size)
+{
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    void *small = ng_mi_heap_malloc(h, 64);
+    REQUIRE(small != NULL);
+    CHECK_STATUS(ng_mi_free(small), NG_OK);
+    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+
+    size_t n = (size_t)(NG_MI_SEGMENT_SIZE / 1024) * 3 / 2; /* 1.5 segments of 1 KiB blocks */
+    void **blocks = calloc(n, sizeof *blocks);
+    REQUIRE(blocks != NULL);
+    for (size_t i = 0; i < n; i++) {
+        blocks[i] = ng_mi_heap_malloc(h, 1024);
+        REQUIRE(blocks[i] != NULL);
+    }
+    CHECK_STATUS(ng_mi_free(blocks[0]), NG_OK);
+    CHECK_EQ(ng_mi_dfree_cur->n, 1);
+
+    for (size_t i = 1; i < n; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    alloc_quiesce(ts); /* emptied pages may wait for a goal before their segment goes */
+    CHECK_STATUS(ng_mi_heap_collect(h, false), NG_OK);
+    small = ng_mi_heap_malloc(h, 2000); /* a class with no page: the slow path re-decides */
+    REQUIRE(small != NULL);
+    CHECK_STATUS(ng_mi_free(small), NG_OK);
+    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+    free(blocks);
+    end_scene(in, ts);
+}
+
+/* ---- review2 ------------------------------------------------------------------------------- */
+
+/* Statistics of the whole interpreter see the caller's buffered blocks as free, as the heap's
+ * own statistics do. */
+TEST(alloc_dfree_interp_stats_see_buffered_blocks_as_free)
+{
+    DF_ALWAYS_ON();
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    void *blocks[DF_ALLOCATED];
+    REQUIRE(df_alloc_and_free(h, blocks));
+    CHECK_EQ(alloc_interp_stats(in).blocks_in_use, DF_ALLOCATED - DF_FREED);
+    for (int i = DF_FREED; i < DF_ALLOCATED; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    end_scene(in, ts);
+}
+
+/* A detached owner whose buffered frees would empty a page, and which runs its MEM heap's
+ * slow path (allowed while detached) during another thread's stop-the-world. The stopper's
+ * visit and statistics must not retire the owner's pages: that links them into the
+ * deferred-page FIFO the owner's MEM slow path walks (TSan: data race on qsbr_head). The
+ * FIFO and the deferral counter are checked directly, so the test fails without TSan too. */
+typedef struct df_mem_owner {
+    ng_interp *in;
+    ng_event ready, done;
+    ng_mi_heap *heap;
+    bool buffered;
+    int go, looped; /* relaxed on purpose: no happens-before for TSan to lean on */
+} df_mem_owner;
+
+static void *df_mem_owner_main(void *arg)
+{
+    df_mem_owner *d = arg;
+    ng_tstate *ts = attached_state(d->in);
+    ng_mi_heap *mem = ts != NULL ? alloc_heap(ts, NG_MI_HEAP_MEM) : NULL;
+    d->heap = ts != NULL ? alloc_heap(ts, NG_MI_HEAP_OBJECT) : NULL;
+    if (mem != NULL && d->heap != NULL) {
+        /* Two large blocks: one page, emptied (and deferred) only by the flush. */
+        void *a = ng_mi_heap_malloc(d->heap, 200 * 1024), *b = ng_mi_heap_malloc(d->heap, 200 * 1024);
+        uint32_t n = ng_mi_dfree_cur->n;
+        if (a != NULL && b != NULL) {
+            CHECK_STATUS(ng_mi_free(a), NG_OK);
+            CHECK_STATUS(ng_mi_free(b), NG_OK);
+            d->buffered = ng_mi_dfree_cur->n == n + 2 && d->heap->thread->qsbr_head == NULL;
+        }
+        CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    }
+    ng_event_notify(&d->ready);
+    if (d->buffered) {
+        SPIN_UNTIL(ng_atomic_load(&d->go, NG_RELAXED));
+        static void *ps[64];
+        for (int r = 0; r < ALLOC_SCALED(200); r++) {
+            for (int i = 0; i < 64; i++)
+                ps[i] = ng_mi_heap_malloc(mem, 16 * 1024); /* a new page every 4 */
+            for (int i = 0; i < 64; i++)
+                ng_mi_free(ps[i]);
+        }
+        ng_atomic_store(&d->looped, 1, NG_RELAXED);
+    }
+    ng_event_wait(&d->done);
+    if (ts != NULL)
+        CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    return NULL;
+}
+
+TEST(alloc_dfree_stopper_leaves_a_detached_owners_pages_alone)
+{
+    DF_ALWAYS_ON();
+    TSTATE_SCENE(in, ts);
+    df_mem_owner d;
+    memset(&d, 0, sizeof d);
+    d.in = in;
+    pthread_t th = spawn_thread(df_mem_owner_main, &d);
+    ng_event_wait(&d.ready);
+    CHECK(d.buffered);
+    if (d.buffered) {
+        ng_mi_thread *t = d.heap->thread;
+        CHECK_STATUS(ng_stop_the_world(in, ts), NG_OK);
+        ng_atomic_store(&d.go, 1, NG_RELAXED);
+        size_t live = 0;
+        CHECK_STATUS(ng_mi_heap_visit(d.heap, df_count, &live), NG_OK);
+        ng_mi_stats st;
+        memset(&st, 0, sizeof st);
+        CHECK_STATUS(ng_mi_heap_get_stats(d.heap, &st), NG_OK);
+        /* Relaxed: a single-writer counter (alloc_internal.h). */
+        uint64_t deferred =
+            ng_atomic_load(&t->data[NG_MI_HEAP_OBJECT].c.pages_deferred, NG_RELAXED);
+        SPIN_UNTIL(ng_atomic_load(&d.looped, NG_RELAXED));
+        CHECK_STATUS(ng_start_the_world(in), NG_OK);
+        CHECK_EQ(live, 0);
+        CHECK_EQ(st.blocks_in_use, 0);
+        CHECK_EQ(deferred, 0); /* the stopper retired none of the owner's pages */
+    }
+    ng_event_notify(&d.done);
+    join_thread(th);
+    end_scene(in, ts);
+}
+
+/* A fork child's abandon of a dead thread flushes that thread's buffer. A buffered block of a
+ * full page unfulls it, which waits out a freer's transient FREEING; in a fork child that
+ * freer may be dead, and the wait never ends unless the page is NEVER-delayed first (as the
+ * abandon does, without waiting). The dead freer is simulated, as in alloc_contract. */
+typedef struct df_full_holder {
+    ng_interp *in;
+    ng_event ready, done;
+    ng_mi_page *page;
+    void **blocks;
+    size_t n;
+    bool ok;
+} df_full_holder;
+
+static void *df_full_holder_main(void *arg)
+{
+    df_full_holder *d = arg;
+    ng_tstate *ts = attached_state(d->in);
+    ng_mi_heap *h = ts != NULL ? alloc_heap(ts, NG_MI_HEAP_OBJECT) : NULL;
+    void *first = h != NULL ? ng_mi_heap_malloc(h, 64) : NULL;
+    if (first != NULL) {
+        d->page = alloc_page_of(first);
+        d->n = d->page->reserved + 1; /* the last allocation sends the page to full */
+        d->blocks = calloc(d->n, sizeof *d->blocks);
+        if (d->blocks != NULL) {
+            d->blocks[0] = first;
+            bool all = true;
+            for (size_t i = 1; i < d->n; i++)
+                all = all && (d->blocks[i] = ng_mi_heap_malloc(h, 64)) != NULL;
+            uint32_t n = ng_mi_dfree_cur->n;
+            CHECK_STATUS(ng_mi_free(first), NG_OK);
+            d->ok = all && (d->page->flags & NG_MI_PAGE_IN_FULL) && ng_mi_dfree_cur->n == n + 1;
+        }
+    }
+    if (ts != NULL)
+        CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    ng_event_notify(&d->ready);
+    ng_event_wait(&d->done);
+    if (ts == NULL)
+        return NULL;
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    for (size_t i = 1; d->blocks != NULL && i < d->n; i++)
+        if (d->blocks[i] != NULL)
+            CHECK_STATUS(ng_mi_free(d->blocks[i]), NG_OK);
+    free(d->blocks);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    return NULL;
+}
+
+TEST(alloc_dfree_fork_child_flush_does_not_wait_for_a_dead_freer)
+{
+    DF_ALWAYS_ON();
+    TSTATE_SCENE(in, me);
+    df_full_holder d;
+    memset(&d, 0, sizeof d);
+    d.in = in;
+    pthread_t th = spawn_thread(df_full_holder_main, &d);
+    ng_event_wait(&d.ready);
+    CHECK(d.ok);
+    if (d.ok) {
+        /* Seq-cst: plain bookkeeping of a simulated freer; the holder is parked. */
+        uintptr_t before = ng_atomic_load(&d.page->thread_free, NG_SEQ_CST);
+        ng_atomic_store(&d.page->thread_free,
+                        (before & ~NG_MI_DELAY_MASK) | NG_MI_DELAY_FREEING, NG_SEQ_CST);
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(0); /* reached only if the clears of the dead threads returned */
+        ng_atomic_store(&d.page->thread_free, before, NG_SEQ_CST);
+        REQUIRE(pid > 0);
+        int raw = wait_child(pid, 30000);
+        CHECK(raw != -1); /* -1: hung in the fork's child hooks, killed */
+        CHECK(raw != -1 && WIFEXITED(raw) && WEXITSTATUS(raw) == 0);
+    }
+    ng_event_notify(&d.done);
+    join_thread(th);
+    end_scene(in, me);
+}
+
+/* A state claimed by an interpreter's deletion is released without the clear hook; its heap
+ * set is freed with the interpreter (hook_interp_free). The thread's buffer pointer into that
+ * set must not be used afterwards (ASan: heap-use-after-free in the push). */
+typedef struct df_claimed {
+    ng_interp *x, *y;
+    ng_event ready, deleted;
+    bool ok;
+} df_claimed;
+
+static void *df_claimed_main(void *arg)
+{
+    df_claimed *d = arg;
+    ng_tstate *b = attached_state(d->y);
+    ng_mi_heap *hb = b != NULL ? alloc_heap(b, NG_MI_HEAP_OBJECT) : NULL;
+    void *p = hb != NULL ? ng_mi_heap_malloc(hb, 64) : NULL;
+    ng_tstate *a = NULL;
+    if (p != NULL && CHECK_STATUS(ng_tstate_detach(b), NG_OK))
+        a = attached_state(d->x);
+    if (a != NULL) {
+        ng_mi_heap *ha = alloc_heap(a, NG_MI_HEAP_OBJECT); /* the pointer: a's set */
+        d->ok = ha != NULL && ng_mi_dfree_cur != &ng_mi_dfree_none;
+        CHECK_STATUS(ng_tstate_detach(a), NG_OK);
+    }
+    ng_event_notify(&d->ready);
+    ng_event_wait(&d->deleted);
+    if (a != NULL)
+        CHECK_STATUS(ng_tstate_release(a), NG_OK); /* the last reference: x's sets go */
+    if (b != NULL) {
+        CHECK_STATUS(ng_tstate_attach(b), NG_OK);
+        if (p != NULL)
+            CHECK_STATUS(ng_mi_free(p), NG_OK);
+        CHECK_STATUS(ng_tstate_release(b), NG_OK);
+    }
+    return NULL;
+}
+
+TEST(alloc_dfree_pointer_outlives_a_claimed_state_harmlessly)
+{
+    DF_ALWAYS_ON();
+    df_claimed d;
+    memset(&d, 0, sizeof d);
+    d.x = new_interp();
+    d.y = new_interp();
+    REQUIRE(d.x != NULL && d.y != NULL);
+    pthread_t th = spawn_thread(df_claimed_main, &d);
+    ng_event_wait(&d.ready);
+    CHECK(d.ok);
+    CHECK_STATUS(ng_interp_delete(d.x), NG_OK);
+    ng_event_notify(&d.deleted);
+    join_thread(th);
+    CHECK_STATUS(ng_interp_delete(d.y), NG_OK);
+}
