@@ -101,6 +101,11 @@ typedef struct ng_mi_heap_data {
 struct ng_mi_interp;
 
 struct ng_mi_thread {
+    /* The owner's deferred frees (nogil/alloc.h). First, so that the inline push finds it
+     * from the segment's owner pointer alone. Pushed by the owner's frees; flushed by the
+     * owner (its object heaps' slow path, collect) and by the abandon (also a fork child's,
+     * for a dead thread); visitors and statistics read it. */
+    ng_mi_dfree dfree;
     ng_mi_heap heaps[NG_MI_HEAP_COUNT];
     ng_mi_heap_data data[NG_MI_HEAP_COUNT];
     ng_tstate *tstate;
@@ -111,11 +116,8 @@ struct ng_mi_thread {
     ng_mi_segment *huge;            /* this set's huge segments: under mi->lock */
     struct ng_mi_thread *prev, *next; /* mi->threads, under mi->lock */
     bool abandoning;                /* empty segments stay until the abandon decides */
-    /* The owner's deferred frees (nogil/alloc.h). Pushed by the owner's frees; flushed by the
-     * owner, by the thread that stopped the owner's world (visit, statistics) and by the
-     * abandon (also a fork child's, for a dead thread). */
-    ng_mi_dfree dfree;
 };
+_Static_assert(offsetof(struct ng_mi_thread, dfree) == 0, "ng_mi_dfree_push_owned casts");
 
 /* Turns the set's buffering on while one of its object heaps spans more than one segment, off
  * otherwise (nogil/alloc.h, ng_mi_dfree); owner. */

@@ -158,10 +158,6 @@ int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p)
     return NG_OK;
 }
 
-/* Its owner is its own address: no segment's owner, so nothing is pushed into it. */
-ng_mi_dfree ng_mi_dfree_none = {.owner = (ng_mi_thread *)&ng_mi_dfree_none};
-__thread ng_mi_dfree *ng_mi_dfree_cur = &ng_mi_dfree_none;
-__thread ng_mi_thread *ng_mi_dfree_cur_set;
 int ng_mi_test_dfree_always;
 
 void ng_mi_dfree_adapt(ng_mi_thread *t)
@@ -169,10 +165,9 @@ void ng_mi_dfree_adapt(ng_mi_thread *t)
     bool big = ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED) != 0;
     for (int k = NG_MI_HEAP_OBJECT; k < NG_MI_HEAP_COUNT && !big; k++)
         big = t->data[k].segments != NULL && t->data[k].segments->next != NULL;
-    ng_mi_thread *owner = big ? t : (ng_mi_thread *)&t->dfree;
-    if (t->dfree.owner != owner) {
-        ng_mi_dfree_flush(&t->dfree); /* blocks pushed under the old owner value */
-        t->dfree.owner = owner;
+    if (t->dfree.on != big) {
+        ng_mi_dfree_flush(&t->dfree);
+        t->dfree.on = big;
     }
 }
 

@@ -156,7 +156,6 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out)
             return NG_ENOMEM;
         t->tstate = ts;
         t->mi = mi;
-        t->dfree.owner = (ng_mi_thread *)&t->dfree; /* off until ng_mi_dfree_adapt */
         t->thread_id = ng_thread_id();
         for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
             ng_mi_heap *h = &t->heaps[k];
@@ -179,11 +178,6 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out)
         ng_mi_interp_unlock(mi);
         ts->ext[idx] = t;
     }
-    /* The thread's frees buffer for this set from now on; another set's buffer keeps its
-     * blocks until that set flushes (its object heaps' slow path, collect or abandon):
-     * flushing it here could race with a visitor of that set's stopped world. */
-    ng_mi_dfree_cur = &t->dfree;
-    ng_mi_dfree_cur_set = t;
     *out = &t->heaps[kind];
     return NG_OK;
 }
@@ -195,12 +189,6 @@ static void hook_tstate_clear(ng_tstate *ts, int index)
         return;
     /* A state cleared on another thread is a fork child's dead thread (the hook contract). */
     bool fork_child = t->thread_id != ng_thread_id();
-    /* The set is freed below: the thread's pointer must not outlive it (a fork child's dead
-     * thread has no pointer left). */
-    if (!fork_child && ng_mi_dfree_cur == &t->dfree) {
-        ng_mi_dfree_cur = &ng_mi_dfree_none;
-        ng_mi_dfree_cur_set = NULL;
-    }
     ng_mi_thread_abandon(t, fork_child);
     ts->ext[index] = NULL;
 }

@@ -41,10 +41,11 @@ static bool df_alloc_and_free(ng_mi_heap *h, void **blocks)
         if (blocks[i] == NULL)
             return false;
     }
-    uint32_t before = ng_mi_dfree_cur->n;
+    ng_mi_dfree *d = &h->thread->dfree;
+    uint32_t before = d->n;
     for (int i = 0; i < DF_FREED; i++)
         CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
-    return ng_mi_dfree_cur != &ng_mi_dfree_none && ng_mi_dfree_cur->n == before + DF_FREED;
+    return d->on && d->n == before + DF_FREED;
 }
 
 TEST(alloc_dfree_owner_sees_buffered_blocks_as_free)
@@ -64,17 +65,17 @@ TEST(alloc_dfree_owner_sees_buffered_blocks_as_free)
      * look in the buffer, debug builds find the live bit cleared), the block untouched. */
     void *again = ng_mi_heap_malloc(h, 64);
     REQUIRE(again != NULL);
-    uint32_t n = ng_mi_dfree_cur->n;
+    uint32_t n = h->thread->dfree.n;
     CHECK_STATUS(ng_mi_free(again), NG_OK);
-    REQUIRE(ng_mi_dfree_cur->n == n + 1);
+    REQUIRE(h->thread->dfree.n == n + 1);
     CHECK_STATUS(ng_mi_free_checked(again), NG_ESTATE);
-    CHECK_EQ(ng_mi_dfree_cur->n, n + 1);
+    CHECK_EQ(h->thread->dfree.n, n + 1);
 
     /* Every block freed, a collect empties the heap: the buffer does not hold pages. */
     for (int i = DF_FREED; i < DF_ALLOCATED; i++)
         CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
     CHECK_STATUS(ng_mi_heap_collect(h, false), NG_OK);
-    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+    CHECK_EQ(h->thread->dfree.n, 0);
     CHECK_EQ(alloc_heap_stats(h).blocks_in_use, DF_ALLOCATED - DF_FREED);
     end_scene(in, ts);
 }
@@ -191,9 +192,10 @@ TEST(alloc_dfree_fork_child_frees_a_dead_threads_buffered_blocks)
     end_scene(in, me);
 }
 
-/* The thread's buffer pointer goes with the heap set it points into: a free after the
- * release must not read the freed set (ASan: heap-use-after-free), nor buffer into it. */
-TEST(alloc_dfree_release_drops_the_threads_buffer_pointer)
+/* A thread with two states frees each block into the buffer of the set that owns its
+ * segment; releasing one state flushes its set's buffer and frees the set, and the other
+ * set keeps buffering (ASan: no use of the freed set). */
+TEST(alloc_dfree_each_set_buffers_its_own_blocks)
 {
     DF_ALWAYS_ON();
     ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
@@ -206,13 +208,14 @@ TEST(alloc_dfree_release_drops_the_threads_buffer_pointer)
     REQUIRE(oh != NULL);
     void *ob = ng_mi_heap_malloc(oh, 64);
     REQUIRE(ob != NULL);
-    uint32_t n = ng_mi_dfree_cur->n;
+    uint32_t n = oh->thread->dfree.n, mine = h->thread->dfree.n;
     CHECK_STATUS(ng_mi_free(ob), NG_OK); /* buffered in `other`'s set, flushed by the release */
-    CHECK_EQ(ng_mi_dfree_cur->n, n + 1);
+    CHECK_EQ(oh->thread->dfree.n, n + 1);
+    CHECK_EQ(h->thread->dfree.n, mine);
     CHECK_STATUS(ng_tstate_release(other), NG_OK);
-    CHECK(ng_mi_dfree_cur == &ng_mi_dfree_none);
     CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
     CHECK_STATUS(ng_mi_free(b), NG_OK);
+    CHECK_EQ(h->thread->dfree.n, mine + 1);
     end_scene(in, ts);
 }
 
@@ -225,7 +228,7 @@ TEST(alloc_dfree_buffering_follows_the_heaps_size)
     void *small = ng_mi_heap_malloc(h, 64);
     REQUIRE(small != NULL);
     CHECK_STATUS(ng_mi_free(small), NG_OK);
-    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+    CHECK_EQ(h->thread->dfree.n, 0);
 
     size_t n = (size_t)(NG_MI_SEGMENT_SIZE / 1024) * 3 / 2; /* 1.5 segments of 1 KiB blocks */
     void **blocks = calloc(n, sizeof *blocks);
@@ -235,7 +238,7 @@ TEST(alloc_dfree_buffering_follows_the_heaps_size)
         REQUIRE(blocks[i] != NULL);
     }
     CHECK_STATUS(ng_mi_free(blocks[0]), NG_OK);
-    CHECK_EQ(ng_mi_dfree_cur->n, 1);
+    CHECK_EQ(h->thread->dfree.n, 1);
 
     for (size_t i = 1; i < n; i++)
         CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
@@ -244,7 +247,7 @@ TEST(alloc_dfree_buffering_follows_the_heaps_size)
     small = ng_mi_heap_malloc(h, 2000); /* a class with no page: the slow path re-decides */
     REQUIRE(small != NULL);
     CHECK_STATUS(ng_mi_free(small), NG_OK);
-    CHECK_EQ(ng_mi_dfree_cur->n, 0);
+    CHECK_EQ(h->thread->dfree.n, 0);
     free(blocks);
     end_scene(in, ts);
 }
@@ -287,11 +290,11 @@ static void *df_mem_owner_main(void *arg)
     if (mem != NULL && d->heap != NULL) {
         /* Two large blocks: one page, emptied (and deferred) only by the flush. */
         void *a = ng_mi_heap_malloc(d->heap, 200 * 1024), *b = ng_mi_heap_malloc(d->heap, 200 * 1024);
-        uint32_t n = ng_mi_dfree_cur->n;
+        uint32_t n = d->heap->thread->dfree.n;
         if (a != NULL && b != NULL) {
             CHECK_STATUS(ng_mi_free(a), NG_OK);
             CHECK_STATUS(ng_mi_free(b), NG_OK);
-            d->buffered = ng_mi_dfree_cur->n == n + 2 && d->heap->thread->qsbr_head == NULL;
+            d->buffered = d->heap->thread->dfree.n == n + 2 && d->heap->thread->qsbr_head == NULL;
         }
         CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
     }
@@ -374,9 +377,9 @@ static void *df_full_holder_main(void *arg)
             bool all = true;
             for (size_t i = 1; i < d->n; i++)
                 all = all && (d->blocks[i] = ng_mi_heap_malloc(h, 64)) != NULL;
-            uint32_t n = ng_mi_dfree_cur->n;
+            uint32_t n = h->thread->dfree.n;
             CHECK_STATUS(ng_mi_free(first), NG_OK);
-            d->ok = all && (d->page->flags & NG_MI_PAGE_IN_FULL) && ng_mi_dfree_cur->n == n + 1;
+            d->ok = all && (d->page->flags & NG_MI_PAGE_IN_FULL) && h->thread->dfree.n == n + 1;
         }
     }
     if (ts != NULL)
@@ -424,8 +427,9 @@ TEST(alloc_dfree_fork_child_flush_does_not_wait_for_a_dead_freer)
 }
 
 /* A state claimed by an interpreter's deletion is released without the clear hook; its heap
- * set is freed with the interpreter (hook_interp_free). The thread's buffer pointer into that
- * set must not be used afterwards (ASan: heap-use-after-free in the push). */
+ * set is freed with the interpreter (hook_interp_free). The thread's later frees into its
+ * other interpreter's heap must not touch that set (ASan: heap-use-after-free in the push,
+ * as when the push went through a thread-local pointer to the last set used). */
 typedef struct df_claimed {
     ng_interp *x, *y;
     ng_event ready, deleted;
@@ -442,8 +446,9 @@ static void *df_claimed_main(void *arg)
     if (p != NULL && CHECK_STATUS(ng_tstate_detach(b), NG_OK))
         a = attached_state(d->x);
     if (a != NULL) {
-        ng_mi_heap *ha = alloc_heap(a, NG_MI_HEAP_OBJECT); /* the pointer: a's set */
-        d->ok = ha != NULL && ng_mi_dfree_cur != &ng_mi_dfree_none;
+        ng_mi_heap *ha = alloc_heap(a, NG_MI_HEAP_OBJECT);
+        /* The first malloc's slow path turns a's buffering on; the block goes with x. */
+        d->ok = ha != NULL && ng_mi_heap_malloc(ha, 64) != NULL && ha->thread->dfree.on;
         CHECK_STATUS(ng_tstate_detach(a), NG_OK);
     }
     ng_event_notify(&d->ready);

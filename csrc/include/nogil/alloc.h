@@ -274,28 +274,20 @@ void ng_mi_page_retire(ng_mi_page *page);
  * A buffered block is free to the caller but still counted in its page's `used`, so its
  * page cannot be emptied, deferred or reused meanwhile; it is never handed out before the
  * flush. Only blocks of object heaps (never MEM, which a detached owner may free into) and
- * of non-huge segments owned by the buffer's heap set and by the calling thread go in, so a
- * stop-the-world visitor may flush a stopped owner's buffer (the owner does not touch it
- * while detached). The buffer lives in the heap set; ng_mi_dfree_cur is the calling thread's
- * pointer to the buffer of the heap set it last asked for a heap (ng_mi_heap_of), or to
- * ng_mi_dfree_none (no set, or that set went). A set buffers only while one of its object
- * heaps spans more than one segment (its owner field is a value no segment has otherwise):
- * with fewer live blocks they stay in the CPU caches, and the push and the later flush only
- * add instructions (replace-in-window at 1,024 live blocks: 13% fewer ops per second).
+ * of non-huge segments owned by the calling thread go in, each into the buffer of the heap
+ * set that owns its segment (the set begins with its buffer, so the inline push needs no
+ * other pointer; a set that owns one of our segments is alive). Visitors and statistics,
+ * also a stopper's of a stopped owner, count buffered blocks as free without flushing. A set
+ * buffers only while one of its object heaps spans more than one segment (`on`): with fewer
+ * live blocks they stay in the CPU caches, and the push and the later flush only add
+ * instructions (replace-in-window at 1,024 live blocks: 13% fewer ops per second).
  * Not for direct use. */
 #define NG_MI_DFREE_N 16
 typedef struct ng_mi_dfree {
     uint32_t n;
-    ng_mi_thread *owner;
+    bool on;
     void *blocks[NG_MI_DFREE_N];
 } ng_mi_dfree;
-extern __thread ng_mi_dfree *ng_mi_dfree_cur;
-/* The heap set ng_mi_dfree_cur lies in (NULL with ng_mi_dfree_none). The push dereferences
- * ng_mi_dfree_cur only once the segment's owner has matched it: a set that owns a segment is
- * alive, whereas the thread's pointers may outlive their set (a state claimed by an
- * interpreter's deletion gets no clear hook; hook_interp_free frees its set). */
-extern __thread ng_mi_thread *ng_mi_dfree_cur_set;
-extern ng_mi_dfree ng_mi_dfree_none;
 /* Hands the buffered blocks to their pages (the owner, or a thread with its rights). */
 void ng_mi_dfree_flush(ng_mi_dfree *d);
 
@@ -303,15 +295,13 @@ void ng_mi_dfree_flush(ng_mi_dfree *d);
  * ng_mi_dfree); false otherwise. Not for direct use. */
 NG_MI_FAST_PATH bool ng_mi_dfree_push_owned(ng_mi_segment *segment, void *p)
 {
-    /* Our own segment: we wrote segment->owner last (allocation, reclaim and abandon all
-     * happen on the thread taking the segment), so the plain reads of owner and the kinds
-     * race with nothing. The set test comes before any use of ng_mi_dfree_cur (see
-     * ng_mi_dfree_cur_set); the owner test then fails for a set that does not buffer. */
-    if (segment->owner != ng_mi_dfree_cur_set)
+    /* Our own segment (the caller compared its thread id): we wrote its owner and kinds last
+     * (allocation, reclaim and abandon all happen on the thread taking the segment, which
+     * changes the id before the owner), so these plain reads race with nothing. */
+    if (segment->heap_kind == NG_MI_HEAP_MEM || segment->kind == NG_MI_SEGMENT_HUGE)
         return false;
-    ng_mi_dfree *d = ng_mi_dfree_cur;
-    if (segment->owner != d->owner || segment->heap_kind == NG_MI_HEAP_MEM ||
-        segment->kind == NG_MI_SEGMENT_HUGE)
+    ng_mi_dfree *d = (ng_mi_dfree *)(void *)segment->owner; /* the set's first member */
+    if (d == NULL || !d->on)
         return false;
     uint32_t n = d->n;
     d->blocks[n] = p;
