@@ -1,7 +1,7 @@
 /* The owner's deferred frees (nogil/alloc.h, ng_mi_dfree): a buffered block is free to every
  * reader of the heap (visit, statistics, the checked free), whoever reads it (the owner, the
- * thread that stopped the owner's world, a fork child's survivor), and the thread's pointer to
- * a buffer never outlives the heap set that holds it. The tests turn buffering on for small
+ * thread that stopped the owner's world, a fork child's survivor), and each block goes to the
+ * buffer of the set that owns its segment. The tests turn buffering on for small
  * heaps too (ng_mi_test_dfree_always), and each first checks that its frees were buffered,
  * so that it tests the buffer and not the direct path. */
 #include <signal.h>
