@@ -32,6 +32,16 @@ static bool df_count(void *block, size_t size, void *arg)
     return true;
 }
 
+/* What a stopper reads of another thread's heap: the live blocks a visit counts, and the
+ * heap's statistics. */
+static void df_read_heap(ng_mi_heap *h, size_t *live, ng_mi_stats *st)
+{
+    *live = 0;
+    CHECK_STATUS(ng_mi_heap_visit(h, df_count, live), NG_OK);
+    memset(st, 0, sizeof *st);
+    CHECK_STATUS(ng_mi_heap_get_stats(h, st), NG_OK);
+}
+
 /* Allocates DF_ALLOCATED blocks of 64 bytes from h and frees the first DF_FREED of them;
  * whether those frees were buffered. */
 static bool df_alloc_and_free(ng_mi_heap *h, void **blocks)
@@ -122,11 +132,9 @@ TEST(alloc_dfree_stopper_sees_a_stopped_owners_buffered_blocks_as_free)
     CHECK(d.buffered);
     if (d.buffered) {
         CHECK_STATUS(ng_stop_the_world(in, ts), NG_OK);
-        size_t live = 0;
-        CHECK_STATUS(ng_mi_heap_visit(d.heap, df_count, &live), NG_OK);
+        size_t live;
         ng_mi_stats st;
-        memset(&st, 0, sizeof st);
-        CHECK_STATUS(ng_mi_heap_get_stats(d.heap, &st), NG_OK);
+        df_read_heap(d.heap, &live, &st);
         CHECK_STATUS(ng_start_the_world(in), NG_OK);
         CHECK_EQ(live, DF_ALLOCATED - DF_FREED);
         CHECK_EQ(st.blocks_in_use, DF_ALLOCATED - DF_FREED);
@@ -330,11 +338,9 @@ TEST(alloc_dfree_stopper_leaves_a_detached_owners_pages_alone)
         ng_mi_thread *t = d.heap->thread;
         CHECK_STATUS(ng_stop_the_world(in, ts), NG_OK);
         ng_atomic_store(&d.go, 1, NG_RELAXED);
-        size_t live = 0;
-        CHECK_STATUS(ng_mi_heap_visit(d.heap, df_count, &live), NG_OK);
+        size_t live;
         ng_mi_stats st;
-        memset(&st, 0, sizeof st);
-        CHECK_STATUS(ng_mi_heap_get_stats(d.heap, &st), NG_OK);
+        df_read_heap(d.heap, &live, &st);
         /* Relaxed: a single-writer counter (alloc_internal.h). */
         uint64_t deferred =
             ng_atomic_load(&t->data[NG_MI_HEAP_OBJECT].c.pages_deferred, NG_RELAXED);
