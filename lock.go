@@ -23,10 +23,9 @@ import "C"
 import (
 	"context"
 	"runtime"
+	"sync/atomic"
 	"time"
 	"unsafe"
-
-	"github.com/nogil-go/nogil/internal/storeunlock"
 )
 
 const (
@@ -50,10 +49,10 @@ const (
 )
 
 // A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
-// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended Lock and Unlock are
-// each one inlined Go compare-and-swap, with no cgo call; a contended Lock first yields to
-// other goroutines for a while (runtime.Gosched), then parks the calling OS thread in the C
-// parking lot. A waiter that has waited more than 1 ms in the parking lot is handed the lock
+// byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended, Lock is one inlined
+// Go compare-and-swap and Unlock (on amd64) one plain store, with no cgo call; a contended
+// Lock first yields to other goroutines for a while (runtime.Gosched), then parks the calling
+// OS thread in the C parking lot. A waiter that has waited more than 1 ms in the parking lot is handed the lock
 // directly on unlock, so no locker starves.
 //
 // Create one with NewMutex (or wrap C memory with MutexAt) and Close it when done. Unlike
@@ -63,14 +62,15 @@ type Mutex struct {
 	_       noCopy
 	cell    byteCell
 	c       *C.ng_mutex
+	plain   *uint8  // the lock byte when Unlock is a plain store (see unlockOr), else nil
 	parkers *uint32 // announced-parker count of c's bucket, for the plain-store unlock
 	mem     cMemory
 	race    raceEdge
 }
 
-// useStoreUnlock: Unlock may be a plain store (see internal/storeunlock). The C core
-// decided the mode when it was loaded, before any Go code ran, and it never changes.
-var useStoreUnlock = storeunlock.Supported && C.ng_plain_unlock != 0
+// useStoreUnlock: Unlock may be a plain store (see unlockOr). The C core decided the mode
+// when it was loaded, before any Go code ran, and it never changes.
+var useStoreUnlock = plainStoreIsRelease && C.ng_plain_unlock != 0
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
 func NewMutex() *Mutex {
@@ -92,6 +92,9 @@ func (m *Mutex) init(mem cMemory) {
 	m.cell.aloneIfQuiet(mem.owned)
 	if useStoreUnlock {
 		m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
+		if !raceEnabled {
+			m.plain = (*uint8)(mem.p)
+		}
 	}
 }
 
@@ -99,19 +102,15 @@ func (m *Mutex) init(mem cMemory) {
 func (m *Mutex) CPtr() unsafe.Pointer { return unsafe.Pointer(m.c) }
 
 // Lock locks m, waiting as long as needed.
-func (m *Mutex) Lock() { m.casOr(0, locked, (*Mutex).lockSlow) }
+func (m *Mutex) Lock() { m.lockOr((*Mutex).lockSlow) }
 
-// casOr is the fast path of Lock (0 to locked) and Unlock (locked to 0): m.cell.casAlone,
-// then slow on failure, and always in race builds (whose slow paths add the race detector's
-// edges). Inlined, as sync.Mutex's are, an uncontended Lock and Unlock are one CAS each and
-// no call. slow is a parameter only to keep Lock and Unlock within the inlining budget,
-// which charges less for a call through a parameter; once inlined, it is a direct call.
-//
-// A CAS unlock that finds the byte plain LOCKED need not look for announced parkers (as
-// the plain-store unlock in unlockSlow must): only a plain store can wipe a sleeper's
-// HAS_PARKED, and the unlocker whose store wiped it reads the announcements and wakes.
-func (m *Mutex) casOr(old, new uint8, slow func(*Mutex)) {
-	if raceEnabled || !m.cell.casAlone(old, new) {
+// lockOr is Lock's fast path: m.cell.casAlone from 0 to locked, then slow on failure, and
+// always in race builds (whose slow paths add the race detector's edges). Inlined, as
+// sync.Mutex's is, an uncontended Lock is one CAS and no call. slow is a parameter only to
+// keep Lock within the inlining budget, which charges less for a call through a parameter;
+// once inlined, it is a direct call.
+func (m *Mutex) lockOr(slow func(*Mutex)) {
+	if raceEnabled || !m.cell.casAlone(0, locked) {
 		slow(m)
 	}
 }
@@ -192,27 +191,56 @@ func (m *Mutex) LockContext(ctx context.Context) error {
 }
 
 // Unlock unlocks m. Unlocking an unlocked Mutex panics, as it does for sync.Mutex.
-func (m *Mutex) Unlock() { m.casOr(locked, 0, (*Mutex).unlockSlow) }
+func (m *Mutex) Unlock() { m.unlockOr((*Mutex).unlockSlow) }
 
-// unlockSlow unlocks when the byte is not plain LOCKED in an otherwise zero word (parked
-// waiters to wake, or a borrowed byte whose neighbours are in use), and in race builds.
-func (m *Mutex) unlockSlow() {
+// unlockOr is Unlock's fast path. Where the C core unlocks with a plain store (amd64 with
+// membarrier), so does it, as Go code the compiler inlines: a plain load finds the byte plain
+// LOCKED, a plain MOVB stores 0 (a release store under x86-TSO), and a plain load of the
+// bucket's announced-parker count, ordered after the store by a parker's membarrier (see
+// csrc/include/nogil/park_announce.h), says whether someone may need waking; slow(m, true)
+// then wakes. The compiler keeps this order: Go's SSA chains every store and atomic through
+// one memory state, so the critical section's stores stay before the unlocking store, its
+// loads are scheduled before it, and the count load, an atomic, after it.
+//
+// Where a plain store is not a release store, the byte is released with casAlone. A CAS
+// unlock that finds the byte plain LOCKED need not look for announced parkers: only a plain
+// store can wipe a sleeper's HAS_PARKED, and the unlocker whose store wiped it reads the
+// announcements and wakes. Any other state goes to slow(m, false), as do race builds (plain
+// is nil there, and the CAS path tests raceEnabled).
+func (m *Mutex) unlockOr(slow func(*Mutex, bool)) {
+	stored := false
+	if plainStoreIsRelease {
+		if p := m.plain; p != nil && *p == locked {
+			*p = 0
+			if atomic.LoadUint32(m.parkers) == 0 {
+				return
+			}
+			stored = true
+		}
+	} else if !raceEnabled && m.cell.casAlone(locked, 0) {
+		return
+	}
+	slow(m, stored)
+}
+
+// unlockSlow unlocks when unlockOr could not: the byte is not plain LOCKED (parked waiters
+// to wake, or not locked at all), a borrowed byte's neighbours are in use, CAS mode on amd64,
+// or a race build. A CAS unlock is right in either mode (it cannot wipe the parked bit), so
+// this path needs no plain store. With stored, unlockOr has already stored 0 and found
+// parkers announced: only the wake is left.
+func (m *Mutex) unlockSlow(stored bool) {
 	// Read the wrapper before the race-build release: once the lock is free, the next owner
 	// may Close it (and so write these fields).
-	cell, c, parkers := m.cell, m.c, m.parkers
+	cell, c := m.cell, m.c
+	if stored {
+		C.ng_mutex_unlock_wake(c)
+		return
+	}
 	m.race.release()
 	if c == nil {
 		panic(mutexUnusable)
 	}
-	if useStoreUnlock {
-		switch storeunlock.Unlock((*uint8)(unsafe.Pointer(c)), parkers) {
-		case storeunlock.Unlocked:
-			return
-		case storeunlock.Announced:
-			C.ng_mutex_unlock_wake(c)
-			return
-		}
-	} else if cell.casOnce(locked, 0) {
+	if cell.casOnce(locked, 0) {
 		return
 	}
 	if C.ng_mutex_unlock_slow(c) == C.NG_ENOTLOCKED {
@@ -235,7 +263,7 @@ func (m *Mutex) Close() error {
 	if err := m.mem.close(); err != nil {
 		return err
 	}
-	m.c, m.cell, m.parkers = nil, byteCell{}, nil
+	m.c, m.cell, m.plain, m.parkers = nil, byteCell{}, nil, nil
 	return nil
 }
 

@@ -29,3 +29,7 @@ func FastPathLayout(ts *ThreadState) []uintptr {
 		unsafe.Sizeof(*ts.seq),
 	}
 }
+
+// PlainStoreUnlock tells the external tests whether Mutex.Unlock stores plainly on this
+// architecture (when the C core does).
+const PlainStoreUnlock = plainStoreIsRelease
