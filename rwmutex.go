@@ -53,10 +53,16 @@ func (rw *RWMutex) CPtr() unsafe.Pointer { return unsafe.Pointer(rw.c) }
 // RLock locks rw for reading.
 func (rw *RWMutex) RLock() {
 	rw.mem.mustOpen("RWMutex")
-	if b := atomic.LoadUintptr(rw.bits); b&(rwWriter|rwParked) != 0 ||
-		!atomic.CompareAndSwapUintptr(rw.bits, b, b+rwOneReader) {
-		C.ng_rwmutex_rlock(rw.c)
+	// A failed CAS means another reader got in first: retry here rather than pay a cgo call
+	// (the C path would only retry the same CAS). Only a writer or a parked waiter sends a
+	// reader to C, where it may sleep.
+	for b := atomic.LoadUintptr(rw.bits); b&(rwWriter|rwParked) == 0; b = atomic.LoadUintptr(rw.bits) {
+		if atomic.CompareAndSwapUintptr(rw.bits, b, b+rwOneReader) {
+			rw.fromWriter.acquire()
+			return
+		}
 	}
+	C.ng_rwmutex_rlock(rw.c)
 	rw.fromWriter.acquire()
 }
 
@@ -78,9 +84,13 @@ func (rw *RWMutex) RUnlock() {
 		panic(rwUnusable)
 	}
 	rw.fromReaders.release()
-	// Only the last reader out with waiters parked needs C (to wake them).
-	b := atomic.LoadUintptr(bits)
-	if b/rwOneReader > 1 || (b >= rwOneReader && b&rwParked == 0) {
+	// Only the last reader out with waiters parked needs C (to wake them); a failed CAS is
+	// another reader's change, retried here (see RLock).
+	for {
+		b := atomic.LoadUintptr(bits)
+		if b/rwOneReader <= 1 && (b < rwOneReader || b&rwParked != 0) {
+			break
+		}
 		if atomic.CompareAndSwapUintptr(bits, b, b-rwOneReader) {
 			return
 		}
