@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/cgo"
 	"sync"
 	"sync/atomic"
@@ -113,7 +114,7 @@ func (ts *ThreadState) Barrier() error {
 		return err
 	}
 	r := ts.interp.runner.Load()
-	if r != nil && r.token.Load() == gtoken.Current() {
+	if r != nil && r.isCurrent() {
 		return &threadError{"Barrier", "called from a CallDelayed function or stall handler, " +
 			"which would wait for itself", ErrBusy}
 	}
@@ -153,7 +154,7 @@ type runner struct {
 	box   *C.ng_go_box
 	edges *raceEdges
 	stall atomic.Pointer[func(Stall)]
-	token atomic.Uintptr // gtoken of the runner goroutine
+	token atomic.Pointer[gtoken.Token] // the runner goroutine's, while it runs
 
 	mu       sync.Mutex
 	cond     sync.Cond
@@ -185,7 +186,13 @@ func (in *Interpreter) startRunnerLocked() *runner {
 }
 
 func (r *runner) loop() {
-	r.token.Store(gtoken.Current())
+	// Locked, so that the token names the runner for as long as it runs: a token is a
+	// goroutine on one thread. The thread is blocked in ng_go_take between passes anyway.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tok := gtoken.Current()
+	r.token.Store(&tok)
+	defer r.token.Store(nil)
 	var done C.uint64_t
 	for {
 		var kick C.uint64_t
@@ -205,6 +212,13 @@ func (r *runner) loop() {
 		r.cond.Broadcast()
 		r.mu.Unlock()
 	}
+}
+
+// isCurrent reports whether the caller is the runner goroutine, that is, runs inside a
+// CallDelayed function or stall handler.
+func (r *runner) isCurrent() bool {
+	tok := r.token.Load()
+	return tok != nil && *tok == gtoken.Current()
 }
 
 func (r *runner) run(it *C.ng_go_item) {

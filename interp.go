@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
-
-	"github.com/nogil-go/nogil/internal/gtoken"
 )
 
 // An Interpreter is the shared runtime state that thread states attach to (CPython's
@@ -91,7 +89,7 @@ func (in *Interpreter) Close() error {
 		return fmt.Errorf("%w (Close: the Interpreter was closed)", ErrClosed)
 	}
 	r := in.runner.Load()
-	if r != nil && r.token.Load() == gtoken.Current() {
+	if r != nil && r.isCurrent() {
 		in.mu.Unlock()
 		return fmt.Errorf("%w (Interpreter.Close called by a CallDelayed function or stall "+
 			"handler, which run on the interpreter's own goroutine; close it from another one)", ErrBusy)

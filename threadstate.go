@@ -62,8 +62,8 @@ type ThreadState struct {
 	idleWrSeq     atomic.Pointer[uint64]
 	reporterTaken atomic.Bool
 
-	token   uintptr // gtoken of the goroutine that called Bind
-	tid     int     // its OS thread
+	token   gtoken.Token // the goroutine that called Bind, on its OS thread
+	tid     int          // that OS thread
 	id      uint64
 	cleanup runtime.Cleanup
 }
@@ -178,12 +178,16 @@ func (ts *ThreadState) State() AttachState {
 
 // check returns nil if ts is live and the caller is the goroutine that bound it.
 //
-// The goroutine check compares gtoken.Current (about 2 ns) with the token taken at Bind: a
-// goroutine locked to its thread is the only one running there, so it is an OS-thread
-// check without a system call. Tokens of exited goroutines are reused, but the only way to
-// lose the bound goroutine is its return, which exits the thread and marks the binding dead
-// (gobind.c) before the thread state's memory can be recycled. Slow paths are checked again
-// by the C core against its own thread id.
+// The goroutine check compares gtoken.Current (about 2 ns) with the token taken at Bind,
+// which names the goroutine and its OS thread together: an OS-thread check without a system
+// call. The goroutine part alone would not do. When the bound goroutine returns, the runtime
+// frees its descriptor before the thread exits and runs the destructor that marks the
+// binding dead (gobind.c); in between, a new goroutine on another thread can get the same
+// descriptor and would pass, allocating from the dying thread's heap while it is torn down.
+// A goroutine that calls runtime.UnlockOSThread would pass on any thread it moves to. The
+// thread part fails both: a thread pointer is the thread's own while it lives, and once the
+// thread has exited the binding is already marked dead, which is checked first. Slow paths
+// are checked again by the C core against its own thread id.
 func (ts *ThreadState) check(op string) error {
 	if ts == nil || ts.c == nil {
 		return &threadError{op, "nil ThreadState; get one from Interpreter.Bind", ErrInvalid}

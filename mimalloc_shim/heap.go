@@ -94,9 +94,9 @@ type Heap struct {
 	v     *heapView // the same C memory, as the Go fast paths see it
 	ts    *nogil.ThreadState
 	kind  HeapKind
-	token uintptr // gtoken of the ThreadState's bound goroutine
-	tid   uint64  // the owner's ng_thread_id() (heap->thread_id)
-	busy  bool    // inside Visit (owner only)
+	token gtoken.Token // the ThreadState's bound goroutine on its thread
+	tid   uint64       // the owner's ng_thread_id() (heap->thread_id)
+	busy  bool         // inside Visit (owner only)
 }
 
 type heapKey struct {
@@ -172,7 +172,7 @@ func (h *Heap) CPtr() unsafe.Pointer { return unsafe.Pointer(h.c) }
 
 // owned reports whether the caller may use the heap's owner-only fast paths: the state is
 // live and attached, the caller is its bound goroutine, and no Visit is running. Two
-// atomic loads (in State) and a compare of goroutine tokens.
+// atomic loads (in State) and a compare of gtoken tokens.
 func (h *Heap) owned() bool {
 	return h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy
 }

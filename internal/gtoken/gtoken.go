@@ -1,14 +1,33 @@
-// Package gtoken tells goroutines apart cheaply. The thread-state wrappers use it to check,
-// on their nanosecond fast paths, that they are called by the goroutine that bound them: a
-// goroutine locked to its OS thread (runtime.LockOSThread) is the only one that runs there,
-// so "same goroutine" is "same OS thread" without a system call.
+// Package gtoken tells (goroutine, OS thread) pairs apart cheaply. The thread-state wrappers
+// use it to check, on their nanosecond fast paths, that they are called by the goroutine
+// that bound them, on the thread it was bound on, without a system call.
+//
+// The goroutine part alone is not enough. A goroutine that returns while locked to its
+// thread (runtime.LockOSThread) has its descriptor put on the runtime's free list before
+// the thread exits and runs the destructor that marks its bindings dead (gobind.c): in that
+// window a new goroutine can get the same descriptor. And a goroutine that calls
+// runtime.UnlockOSThread by mistake moves on to other threads. The thread part tells both
+// apart from the bound pair: the dying thread runs no goroutine, and a live thread's
+// pointer is its own.
 package gtoken
 
-// Current returns a token for the calling goroutine: equal for two calls from the same live
-// goroutine, different for two goroutines alive at the same time. A token may be reused
-// after its goroutine has exited.
+// A Token identifies the calling goroutine together with the OS thread it runs on. Tokens
+// are comparable: two calls from the same live goroutine on the same thread give equal
+// tokens, and two goroutines running at the same time give different ones. A token may be
+// reused once its goroutine has exited and its thread has exited or moved on. The zero
+// Token is never current.
+type Token struct {
+	g  uintptr // the runtime's goroutine descriptor (0 where it cannot be read cheaply)
+	tp uintptr // the thread pointer, or the thread id
+}
+
+// Current returns the token of the calling goroutine on its current thread.
 //
-// On amd64 and arm64 it is the address of the runtime's goroutine descriptor (about 2 ns);
-// elsewhere it is the OS thread id from gettid(2), which is just as good for a goroutine that
-// stays locked to its thread, at the cost of a system call.
-func Current() uintptr { return current() }
+// On linux/amd64 and linux/arm64 with cgo it is the address of the runtime's goroutine
+// descriptor and the thread pointer that libc set (about 2 ns, no system call). Elsewhere
+// it is the OS thread id from gettid(2), which is as good for a goroutine locked to its
+// thread, at the cost of a system call.
+func Current() Token {
+	g, tp := current()
+	return Token{g, tp}
+}

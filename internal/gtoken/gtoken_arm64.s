@@ -1,7 +1,11 @@
+//go:build linux && cgo
+
 #include "textflag.h"
 
-// func current() uintptr
-TEXT ·current(SB),NOSPLIT,$0-8
+// func current() (gp, tp uintptr)
+TEXT ·current(SB),NOSPLIT,$0-16
 	MOVD g, R0
-	MOVD R0, ret+0(FP)
+	MOVD R0, gp+0(FP)
+	MRS TPIDR_EL0, R0
+	MOVD R0, tp+8(FP)
 	RET

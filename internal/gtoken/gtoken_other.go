@@ -1,7 +1,9 @@
-//go:build !amd64 && !arm64
+//go:build !linux || !(amd64 || arm64) || !cgo
 
 package gtoken
 
 import "golang.org/x/sys/unix"
 
-func current() uintptr { return uintptr(unix.Gettid()) }
+// current has no cheap goroutine descriptor here; the thread id alone serves the callers,
+// whose goroutines stay locked to their threads.
+func current() (gp, tp uintptr) { return 0, uintptr(unix.Gettid()) }

@@ -2,22 +2,29 @@ package gtoken
 
 import (
 	"runtime"
+	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestCurrentIsStablePerGoroutine(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	a := Current()
 	runtime.Gosched()
-	if b := Current(); a != b || a == 0 {
-		t.Fatalf("two calls from one goroutine: %#x, %#x", a, b)
+	if b := Current(); a != b || a == (Token{}) {
+		t.Fatalf("two calls from one locked goroutine: %#x, %#x", a, b)
 	}
 }
 
 // Goroutines alive at the same time get different tokens, also when they are locked to
-// their threads as thread-state owners are.
+// their threads as thread-state owners are; and each thread has its own thread part, so that
+// a goroutine descriptor reused while its old thread still exits is told apart.
 func TestCurrentDiffersBetweenLiveGoroutines(t *testing.T) {
 	const n = 16
-	tokens := make(chan uintptr)
+	tokens := make(chan Token)
 	release := make(chan struct{})
 	for i := 0; i < n; i++ {
 		go func() {
@@ -27,13 +34,105 @@ func TestCurrentDiffersBetweenLiveGoroutines(t *testing.T) {
 			<-release
 		}()
 	}
-	seen := map[uintptr]bool{Current(): true}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	own := Current()
+	seen := map[Token]bool{own: true}
+	threads := map[uintptr]bool{own.tp: true}
 	for i := 0; i < n; i++ {
 		tok := <-tokens
 		if seen[tok] {
 			t.Errorf("token %#x given to two live goroutines", tok)
 		}
-		seen[tok] = true
+		if threads[tok.tp] {
+			t.Errorf("thread part %#x seen on two locked threads", tok.tp)
+		}
+		seen[tok], threads[tok.tp] = true, true
 	}
 	close(release)
+}
+
+// A goroutine that unlocks its thread and runs on another one no longer matches the token
+// it took before: a goroutine-only token would let a ThreadState misused this way pass its
+// check on whatever thread the goroutine lands on.
+func TestCurrentChangesWithTheThread(t *testing.T) {
+	var before Token
+	tid := make(chan int)
+	wake := make(chan struct{})
+	after := make(chan Token)
+	go func() {
+		runtime.LockOSThread()
+		before = Current()
+		runtime.UnlockOSThread()
+		tid <- unix.Gettid()
+		<-wake
+		// Locked while it looks, so that the token is of the thread the id names.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() == <-tid {
+			after <- Token{}
+			return
+		}
+		after <- Current()
+	}()
+	old := <-tid
+	release, ok := occupyThread(old, 10*time.Second)
+	if !ok {
+		t.Skip("no goroutine got onto the thread to keep it busy")
+	}
+	defer release()
+	close(wake)
+	tid <- old
+	got := <-after
+	if got == (Token{}) {
+		t.Fatal("the goroutine ran on its old thread, which another goroutine holds locked")
+	}
+	if got == before {
+		t.Fatalf("token %#x unchanged after the goroutine moved to another thread", before)
+	}
+	if got.g != before.g {
+		t.Errorf("goroutine part changed from %#x to %#x for one goroutine", before.g, got.g)
+	}
+}
+
+// occupyThread gets a goroutine onto the OS thread tid and keeps it there, locked and
+// blocked, until release is called, so that no other goroutine can run on that thread. It
+// gives up after timeout.
+func occupyThread(tid int, timeout time.Duration) (release func(), ok bool) {
+	held := make(chan struct{}, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 2*runtime.GOMAXPROCS(0)+2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				runtime.LockOSThread()
+				if unix.Gettid() == tid {
+					select {
+					case held <- struct{}{}:
+						<-done
+					default:
+					}
+					runtime.UnlockOSThread()
+					return
+				}
+				runtime.UnlockOSThread()
+				runtime.Gosched()
+			}
+		}()
+	}
+	release = func() { close(done); wg.Wait() }
+	select {
+	case <-held:
+		return release, true
+	case <-time.After(timeout):
+		release()
+		return nil, false
+	}
 }
