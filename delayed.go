@@ -218,7 +218,7 @@ func (r *runner) loop() {
 // CallDelayed function or stall handler.
 func (r *runner) isCurrent() bool {
 	tok := r.token.Load()
-	return tok != nil && *tok == gtoken.Current()
+	return tok != nil && tok.IsCurrent()
 }
 
 func (r *runner) run(it *C.ng_go_item) {

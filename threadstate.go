@@ -195,7 +195,7 @@ func (ts *ThreadState) check(op string) error {
 	if d := atomic.LoadUint32(ts.dead); d != C.NG_GO_LIVE {
 		return ts.released(op, d)
 	}
-	if gtoken.Current() != ts.token {
+	if !ts.token.IsCurrent() {
 		return ts.wrongThread(op)
 	}
 	return nil

@@ -129,7 +129,7 @@ func HeapOf(ts *nogil.ThreadState, kind HeapKind) (*Heap, error) {
 	key := heapKey{uintptr(ts.CPtr()), kind}
 	if v, ok := heaps.Load(key); ok {
 		if h := v.(weak.Pointer[Heap]).Value(); h != nil && h.ts == ts {
-			if gtoken.Current() != h.token {
+			if !h.token.IsCurrent() {
 				return nil, errWrongThread("HeapOf")
 			}
 			return h, nil
@@ -174,7 +174,7 @@ func (h *Heap) CPtr() unsafe.Pointer { return unsafe.Pointer(h.c) }
 // live and attached, the caller is its bound goroutine, and no Visit is running. Two
 // atomic loads (in State) and a compare of gtoken tokens.
 func (h *Heap) owned() bool {
-	return h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy
+	return h != nil && h.ts.State() == nogil.Attached && h.token.IsCurrent() && !h.busy
 }
 
 // check returns why the caller may not use the owner-only operations (nil if it may).
@@ -187,12 +187,12 @@ func (h *Heap) check(op string) error {
 		return errReleased(op)
 	case nogil.Attached:
 	default:
-		if gtoken.Current() != h.token {
+		if !h.token.IsCurrent() {
 			return errWrongThread(op)
 		}
 		return errNotAttached(op)
 	}
-	if gtoken.Current() != h.token {
+	if !h.token.IsCurrent() {
 		return errWrongThread(op)
 	}
 	if h.busy {
@@ -214,7 +214,7 @@ func (h *Heap) Malloc(size uintptr) (unsafe.Pointer, error) {
 	// The checks of owned, spelled here so that they are inlined.
 	// checkedAlloc (the nogil_debug build) sends every request to C, which keeps the live
 	// bit of each block the checked free tests; a constant, so the release build is unchanged.
-	if !checkedAlloc && size <= DirectMax && h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy {
+	if !checkedAlloc && size <= DirectMax && h != nil && h.ts.State() == nogil.Attached && h.token.IsCurrent() && !h.busy {
 		page := h.v.direct[(size+7)>>3]
 		if b := page.free; b != nil {
 			page.free = *(*unsafe.Pointer)(unsafe.Add(b, page.linkOffset))
@@ -300,7 +300,7 @@ func (h *Heap) Free(p unsafe.Pointer) error {
 	if p == nil {
 		return nil
 	}
-	if !debugBuild && h != nil && h.ts.State() == nogil.Attached && gtoken.Current() == h.token && !h.busy {
+	if !debugBuild && h != nil && h.ts.State() == nogil.Attached && h.token.IsCurrent() && !h.busy {
 		seg := segmentOf(p)
 		page := seg.pageOf(p)
 		if atomic.LoadUint64(&seg.threadID) == h.tid && page.flags == 0 {

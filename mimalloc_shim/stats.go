@@ -3,10 +3,7 @@ package mimalloc_shim
 // #include "nogil.h"
 import "C"
 
-import (
-	"github.com/nogil-go/nogil"
-	"github.com/nogil-go/nogil/internal/gtoken"
-)
+import "github.com/nogil-go/nogil"
 
 // Stats is a snapshot of an allocator's counters: one heap's (Heap.Stats) or a whole
 // interpreter's (InterpreterStats). It mirrors ng_mi_stats.
@@ -83,7 +80,7 @@ func (h *Heap) Stats() (Stats, error) {
 	if h.ts.State() == nogil.Released {
 		return Stats{}, errReleased("Stats")
 	}
-	if gtoken.Current() == h.token && h.busy {
+	if h.token.IsCurrent() && h.busy {
 		return Stats{}, newError("Stats", "called by the heap's own Visit callback", nogil.ErrBusy)
 	}
 	var s C.ng_mi_stats

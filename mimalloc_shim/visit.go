@@ -30,7 +30,6 @@ import (
 	"unsafe"
 
 	"github.com/nogil-go/nogil"
-	"github.com/nogil-go/nogil/internal/gtoken"
 )
 
 // A visitor is one walk's Go side. C gets only a cgo.Handle of it, never a Go pointer.
@@ -78,7 +77,7 @@ func (h *Heap) Visit(fn func(p unsafe.Pointer, size uintptr) bool) error {
 	if h == nil || h.c == nil {
 		return newError("Visit", "nil Heap; get one from HeapOf", nogil.ErrInvalid)
 	}
-	owner := gtoken.Current() == h.token
+	owner := h.token.IsCurrent()
 	if owner {
 		if err := h.check("Visit"); err != nil {
 			return err

@@ -17,3 +17,14 @@ func BenchmarkCurrent(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkIsCurrent(b *testing.B) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tok := Current()
+	for i := 0; i < b.N; i++ {
+		if !tok.IsCurrent() {
+			b.Fatal("token changed")
+		}
+	}
+}

@@ -31,3 +31,7 @@ func Current() Token {
 	g, tp := current()
 	return Token{g, tp}
 }
+
+// IsCurrent reports whether *t == Current(), for the fast paths: it saves the round trip of
+// Current's two results through memory (about 0.2 ns).
+func (t *Token) IsCurrent() bool { return isCurrent(t) }

@@ -13,3 +13,6 @@ import _ "runtime/cgo"
 // (%fs:0 on amd64, which the x86-64 TLS ABI defines to hold the pointer itself; TPIDR_EL0
 // on arm64), which is the thread's own for as long as it lives.
 func current() (gp, tp uintptr)
+
+// isCurrent is *t == current(), without storing current's results and loading them back.
+func isCurrent(t *Token) bool

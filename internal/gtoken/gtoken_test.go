@@ -14,8 +14,40 @@ func TestCurrentIsStablePerGoroutine(t *testing.T) {
 	defer runtime.UnlockOSThread()
 	a := Current()
 	runtime.Gosched()
-	if b := Current(); a != b || a == (Token{}) {
-		t.Fatalf("two calls from one locked goroutine: %#x, %#x", a, b)
+	if b := Current(); a != b || a == (Token{}) || !a.IsCurrent() {
+		t.Fatalf("two calls from one locked goroutine: %#x, %#x (IsCurrent %v)", a, b, a.IsCurrent())
+	}
+}
+
+// IsCurrent compares both parts: a token with this goroutine's descriptor but another
+// thread's pointer is not current, nor is one with this thread but another goroutine.
+func TestIsCurrentComparesBothParts(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	other := make(chan Token)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		other <- Current()
+	}()
+	o, own := <-other, Current()
+	for _, c := range []struct {
+		name string
+		tok  Token
+		want bool
+	}{
+		{"own", own, true},
+		{"other goroutine's", o, false},
+		{"own goroutine, other thread", Token{own.g, o.tp}, false},
+		{"other goroutine, own thread", Token{o.g, own.tp}, false},
+		{"zero", Token{}, false},
+	} {
+		if own.g == 0 && c.tok.tp == own.tp {
+			continue // the gettid fallback has no goroutine part
+		}
+		if got := c.tok.IsCurrent(); got != c.want {
+			t.Errorf("%s token %#x: IsCurrent = %v, want %v (current %#x)", c.name, c.tok, got, c.want, own)
+		}
 	}
 }
 
@@ -60,6 +92,7 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 	tid := make(chan int)
 	wake := make(chan struct{})
 	after := make(chan Token)
+	isBefore := make(chan bool, 1)
 	go func() {
 		runtime.LockOSThread()
 		before = Current()
@@ -73,6 +106,7 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 			after <- Token{}
 			return
 		}
+		isBefore <- before.IsCurrent()
 		after <- Current()
 	}()
 	old := <-tid
@@ -89,6 +123,9 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 	}
 	if got == before {
 		t.Fatalf("token %#x unchanged after the goroutine moved to another thread", before)
+	}
+	if moved := <-isBefore; moved {
+		t.Errorf("IsCurrent true for token %#x after the goroutine moved to another thread", before)
 	}
 	if got.g != before.g {
 		t.Errorf("goroutine part changed from %#x to %#x for one goroutine", before.g, got.g)
