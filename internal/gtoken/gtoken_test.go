@@ -2,10 +2,10 @@ package gtoken
 
 import (
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nogil-go/nogil/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -110,7 +110,7 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 		after <- Current()
 	}()
 	old := <-tid
-	release, ok := occupyThread(old, 10*time.Second)
+	release, ok := testutil.OccupyThread(old, 10*time.Second, false)
 	if !ok {
 		t.Skip("no goroutine got onto the thread to keep it busy")
 	}
@@ -129,47 +129,5 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 	}
 	if got.g != before.g {
 		t.Errorf("goroutine part changed from %#x to %#x for one goroutine", before.g, got.g)
-	}
-}
-
-// occupyThread gets a goroutine onto the OS thread tid and keeps it there, locked and
-// blocked, until release is called, so that no other goroutine can run on that thread. It
-// gives up after timeout.
-func occupyThread(tid int, timeout time.Duration) (release func(), ok bool) {
-	held := make(chan struct{}, 1)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 2*runtime.GOMAXPROCS(0)+2; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				runtime.LockOSThread()
-				if unix.Gettid() == tid {
-					select {
-					case held <- struct{}{}:
-						<-done
-					default:
-					}
-					runtime.UnlockOSThread()
-					return
-				}
-				runtime.UnlockOSThread()
-				runtime.Gosched()
-			}
-		}()
-	}
-	release = func() { close(done); wg.Wait() }
-	select {
-	case <-held:
-		return release, true
-	case <-time.After(timeout):
-		release()
-		return nil, false
 	}
 }
