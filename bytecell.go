@@ -65,8 +65,9 @@ func (c byteCell) cas(old, new uint8) bool {
 // word (C's plain-store unlock), and a wider load cannot take its value from a narrower
 // pending store, so it waits until the store reaches the cache. In lockbench (1 thread,
 // cs 1), a Go Mutex that loaded first and unlocked with a byte store ran at 0.31x
-// sync.Mutex; with casAlone on both sides, 0.6-0.7x, and inlined 0.92-1.08x. (Unlock now
-// stores plainly on amd64 and uses casAlone elsewhere.)
+// sync.Mutex; with casAlone on both sides, 0.6-0.7x, and inlined 0.92-1.08x. Mutex.Unlock
+// now stores plainly on amd64 (where C does) and uses casAlone only where a plain store is
+// not a release store; Lock's casAlone is what keeps that store from stalling it.
 func (c byteCell) casAlone(old, new uint8) bool {
 	return c.alone != nil && atomic.CompareAndSwapUint32(c.alone, uint32(old)*c.unit, uint32(new)*c.unit)
 }

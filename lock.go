@@ -50,10 +50,11 @@ const (
 
 // A Mutex is a mutual-exclusion lock whose whole state is one byte in C memory, the same
 // byte C code locks with ng_mutex_lock (CPython's PyMutex). Uncontended, Lock is one inlined
-// Go compare-and-swap and Unlock (on amd64) one plain store, with no cgo call; a contended
-// Lock first yields to other goroutines for a while (runtime.Gosched), then parks the calling
-// OS thread in the C parking lot. A waiter that has waited more than 1 ms in the parking lot is handed the lock
-// directly on unlock, so no locker starves.
+// Go compare-and-swap and Unlock (on amd64, where the C core unlocks with plain stores) one
+// plain store, with no cgo call; a contended Lock first yields to other goroutines for a
+// while (runtime.Gosched), then parks the calling OS thread in the C parking lot. A waiter
+// that has waited more than 1 ms in the parking lot is handed the lock directly on unlock, so
+// no locker starves.
 //
 // Create one with NewMutex (or wrap C memory with MutexAt) and Close it when done. Unlike
 // sync.Mutex, the zero value is not usable. Like sync.Mutex, it is not reentrant and may be
@@ -69,8 +70,9 @@ type Mutex struct {
 }
 
 // useStoreUnlock: Unlock may be a plain store (see unlockOr). The C core decided the mode
-// when it was loaded, before any Go code ran, and it never changes.
-var useStoreUnlock = plainStoreIsRelease && C.ng_plain_unlock != 0
+// when it was loaded, before any Go code ran, and it never changes. Race builds unlock with a
+// CAS, after the race detector's release edge.
+var useStoreUnlock = plainStoreIsRelease && !raceEnabled && C.ng_plain_unlock != 0
 
 // NewMutex returns an unlocked Mutex in freshly allocated C memory.
 func NewMutex() *Mutex {
@@ -91,10 +93,7 @@ func (m *Mutex) init(mem cMemory) {
 	m.mem, m.c, m.cell = mem, (*C.ng_mutex)(mem.p), newByteCell(mem.p)
 	m.cell.aloneIfQuiet(mem.owned)
 	if useStoreUnlock {
-		m.parkers = (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
-		if !raceEnabled {
-			m.plain = (*uint8)(mem.p)
-		}
+		m.plain, m.parkers = (*uint8)(mem.p), (*uint32)(unsafe.Pointer(C.ng_go_parkers(mem.p)))
 	}
 }
 
@@ -195,27 +194,29 @@ func (m *Mutex) Unlock() { m.unlockOr((*Mutex).unlockSlow) }
 
 // unlockOr is Unlock's fast path. Where the C core unlocks with a plain store (amd64 with
 // membarrier), so does it, as Go code the compiler inlines: a plain load finds the byte plain
-// LOCKED, a plain MOVB stores 0 (a release store under x86-TSO), and a plain load of the
-// bucket's announced-parker count, ordered after the store by a parker's membarrier (see
-// csrc/include/nogil/park_announce.h), says whether someone may need waking; slow(m, true)
-// then wakes. The compiler keeps this order: Go's SSA chains every store and atomic through
-// one memory state, so the critical section's stores stay before the unlocking store, its
-// loads are scheduled before it, and the count load, an atomic, after it.
+// LOCKED, a plain MOVB stores 0 (a release store under x86-TSO), and a load of the bucket's
+// announced-parker count, ordered after the store by a parker's membarrier (see
+// csrc/include/nogil/park_announce.h), says whether someone may need waking; slow then wakes.
+// The wrapper's fields are read before the store: once the byte is 0, the next owner may
+// Close m and clear them. The compiler keeps the order of the store and the count load (the
+// asymmetric fence needs it in the instruction stream, as C's signal fence does) because
+// Go's SSA threads every store and atomic through one memory state; the Go memory model
+// itself does not promise it.
 //
 // Where a plain store is not a release store, the byte is released with casAlone. A CAS
 // unlock that finds the byte plain LOCKED need not look for announced parkers: only a plain
 // store can wipe a sleeper's HAS_PARKED, and the unlocker whose store wiped it reads the
-// announcements and wakes. Any other state goes to slow(m, false), as do race builds (plain
-// is nil there, and the CAS path tests raceEnabled).
-func (m *Mutex) unlockOr(slow func(*Mutex, bool)) {
-	stored := false
+// announcements and wakes. Any other state goes to slow(m, nil), as do race builds (plain is
+// nil there, and the CAS path tests raceEnabled).
+func (m *Mutex) unlockOr(slow func(*Mutex, *C.ng_mutex)) {
+	var stored *C.ng_mutex
 	if plainStoreIsRelease {
-		if p := m.plain; p != nil && *p == locked {
+		if p, parkers := m.plain, m.parkers; p != nil && *p == locked {
 			*p = 0
-			if atomic.LoadUint32(m.parkers) == 0 {
+			if atomic.LoadUint32(parkers) == 0 {
 				return
 			}
-			stored = true
+			stored = (*C.ng_mutex)(unsafe.Pointer(p))
 		}
 	} else if !raceEnabled && m.cell.casAlone(locked, 0) {
 		return
@@ -224,18 +225,19 @@ func (m *Mutex) unlockOr(slow func(*Mutex, bool)) {
 }
 
 // unlockSlow unlocks when unlockOr could not: the byte is not plain LOCKED (parked waiters
-// to wake, or not locked at all), a borrowed byte's neighbours are in use, CAS mode on amd64,
-// or a race build. A CAS unlock is right in either mode (it cannot wipe the parked bit), so
-// this path needs no plain store. With stored, unlockOr has already stored 0 and found
-// parkers announced: only the wake is left.
-func (m *Mutex) unlockSlow(stored bool) {
+// to wake, or not locked at all), a borrowed byte's neighbours are in use, CAS mode on
+// amd64, or a race build. A CAS unlock is right in either mode (it cannot wipe the parked
+// bit), so this path needs no plain store. With stored (the lock that unlockOr has already
+// released with a plain store, finding parkers announced in its bucket) only the wake is
+// left, and m must not be read: its next owner may have closed it.
+func (m *Mutex) unlockSlow(stored *C.ng_mutex) {
+	if stored != nil {
+		C.ng_mutex_unlock_wake(stored)
+		return
+	}
 	// Read the wrapper before the race-build release: once the lock is free, the next owner
 	// may Close it (and so write these fields).
 	cell, c := m.cell, m.c
-	if stored {
-		C.ng_mutex_unlock_wake(c)
-		return
-	}
 	m.race.release()
 	if c == nil {
 		panic(mutexUnusable)

@@ -630,8 +630,8 @@ func cUnlockMode() string {
 }
 
 // C's uncontended unlock is a plain store when membarrier is available, a CAS otherwise
-// (nogil/park_announce.h); Go uses a CAS, or on amd64 a plain store for a borrowed byte with
-// busy neighbours. Run the tests where C and Go unlock the same
+// (nogil/park_announce.h); Go's Unlock follows C's mode on amd64 (outside race builds) and
+// uses a CAS elsewhere. Run the tests where C and Go unlock the same
 // and neighbouring bytes again in a child process forced into the other C mode.
 func TestMixedGoAndCOtherUnlockMode(t *testing.T) {
 	if os.Getenv("NOGIL_TEST_CHILD") != "" {
