@@ -13,8 +13,9 @@ package gtoken
 
 // A Token identifies the calling goroutine together with the OS thread it runs on. Tokens
 // are comparable: two calls from the same live goroutine on the same thread give equal
-// tokens, and two goroutines running at the same time give different ones. A token may be
-// reused once its goroutine has exited and its thread has exited or moved on. The zero
+// tokens, and two goroutines running at the same time give different ones. A token can
+// come back after its goroutine has exited: a new goroutine may get the same descriptor and
+// run on the same thread, or on a new thread that got an exited one's pointer. The zero
 // Token is never current.
 type Token struct {
 	g  uintptr // the runtime's goroutine descriptor (0 where it cannot be read cheaply)
