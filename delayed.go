@@ -43,8 +43,8 @@ func (ts *ThreadState) FreeDelayed(p unsafe.Pointer, size uintptr) error {
 // CallDelayed calls fn once no thread state can still be reading what the caller unlinked
 // before the call: every state attached now must first report a quiescent state or detach.
 // fn runs on the interpreter's runner goroutine (one per interpreter, started by the first
-// CallDelayed), never on a thread-state goroutine, so it may block without holding up a
-// grace period, but it delays the functions queued after it. size is what fn releases, for
+// CallDelayed, locked to its OS thread), never on a thread-state goroutine, so it may block
+// without holding up a grace period, but it delays the functions queued after it. size is what fn releases, for
 // the memory-aware thresholds (SetLimits). The state must be attached.
 //
 // Every queued fn runs exactly once: if its thread state is released, or its goroutine
