@@ -461,10 +461,18 @@ static int queue_entry(ng_tstate *ts, uint32_t kind, void *ptr, void *arg, size_
 
     /* The caller's unlink (a store) must be ordered before the read of wr_seq that fixes the
      * goal: ng_qsbr_goal_for_free fences (or advances, a seq-cst RMW) for us. */
-    e.goal = ng_qsbr_goal_for_free(ts->qsbr, size);
+    uint64_t goal = ng_qsbr_goal_for_free(ts->qsbr, size);
     TORTURE_YIELD();
-    c->entries[c->wr_idx++] = e;
-    queue_note_push(q, &e);
+    /* Field by field into the chunk, not a copy of `e`: a 16-byte load of a struct whose goal
+     * was just stored with 8 bytes cannot be forwarded from the store buffer, and that stall
+     * was a measurable part of the per-entry cost (qsbrbench's delayed-free writer). */
+    ng_delayed_entry *slot = &c->entries[c->wr_idx++];
+    slot->ptr = e.ptr;
+    slot->arg = e.arg;
+    slot->goal = goal;
+    slot->size = e.size;
+    slot->kind = e.kind;
+    queue_note_push(q, slot);
     request_processing_if_due(ts);
     request_processing_if_over_cap(ts);
 
@@ -588,7 +596,55 @@ static int process_delayed(ng_tstate *ts, bool may_wait)
 
 int ng_process_delayed(ng_tstate *ts) { return process_delayed(ts, false); }
 
-int ng_delayed_checkpoint(ng_tstate *ts) { return process_delayed(ts, true); }
+/* The checkpoint's retry (R5, see the end of process_delayed) when it cannot run anything
+ * yet: nothing but the retry asked for processing, the interpreter's queue has no work, the
+ * queue is not over the cap, and the first entry's goal is still unmet. Processing would
+ * reach the same end (nothing run, ask again) through a dozen calls; a thread that retires
+ * an object between two checkpoints while a slow reader holds the goal back pays that at
+ * every checkpoint (qsbrbench's delayed-free writer, when its reader shares its CPU or is
+ * preempted). Returns whether it handled the checkpoint. Not for the stop-the-world
+ * requester, whose processing only asks again (without polling: a poll may report a
+ * stall). */
+static bool checkpoint_retry_is_futile(ng_tstate *ts)
+{
+    ng_interp *interp = ts->interp;
+    ng_delayed_queue *q = &ts->delayed;
+    ng_delayed_chunk *c = q->head;
+    /* A drained head chunk: the full path moves past it. */
+    if (c == NULL || c->rd_idx == c->wr_idx)
+        return false;
+    /* Relaxed: should_process is our own; has_work is a hint (see interp_take_batch); the cap
+     * is a tunable and the byte count ours, as in process_delayed. */
+    if (ng_atomic_load(&ts->qsbr->should_process, NG_RELAXED) ||
+        ng_atomic_load(&interp->delayed.has_work, NG_RELAXED))
+        return false;
+    uint64_t cap = ng_atomic_load(&interp->delayed.cap, NG_RELAXED);
+    if (cap != 0 && ng_atomic_load(&q->bytes, NG_RELAXED) > cap)
+        return false;
+    if (ng_stw_stopped_by_me(interp))
+        return false;
+    uint64_t goal = c->entries[c->rd_idx].goal;
+    if (ng_qsbr_poll(ts->qsbr, goal))
+        return false;
+    /* End with the request bit as process_delayed leaves it for this unmet goal: set when
+     * only reports are missing (the retry), clear otherwise. A checkpoint that leaves the bit
+     * to us (instead of taking it) then pays no RMW for a futile retry. Relaxed: only this
+     * thread clears the bit (see process_delayed). */
+    bool retry = NG_QSBR_LEQ(goal, ng_qsbr_shared_current(&interp->qsbr));
+    bool requested = (ng_atomic_load(&ts->pending, NG_RELAXED) & NG_PENDING_DELAYED) != 0;
+    if (retry && !requested)
+        ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
+    else if (!retry && requested)
+        ng_tstate_clear_pending(ts, NG_PENDING_DELAYED);
+    return true;
+}
+
+int ng_delayed_checkpoint(ng_tstate *ts)
+{
+    if (checkpoint_retry_is_futile(ts))
+        return 0;
+    return process_delayed(ts, true);
+}
 
 int ng_delayed_set_cap(ng_interp *interp, uint64_t bytes)
 {

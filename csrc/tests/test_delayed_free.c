@@ -189,6 +189,76 @@ TEST(delayed_entries_wait_for_a_quiescent_peer)
     end_peer_scene(in, ts, &p);
 }
 
+/* A checkpoint keeps retrying a goal that only a peer's report holds back, however many
+ * times it finds it unmet (the retry path that answers without processing, R5), drops the
+ * retry for a goal no advance has passed yet, and still drains the interpreter's queue while
+ * its own entries wait. The request bit is read after each checkpoint: a retry that forgot
+ * to ask again would leave the entries for the next threshold. */
+TEST(delayed_checkpoint_retries_an_unmet_goal_until_the_peer_reports)
+{
+    PEER_SCENE(in, ts, h, PEER_HOLD);
+    peer a;
+    REQUIRE(peer_start(&a, in, PEER_DETACHED));
+    uint64_t runs = 0, abandoned_runs = 0;
+    /* `a` queues entries (goals not advanced yet) and stays detached with them; an advance
+     * and one report of `h` pass their goals, then `h` holds again. */
+    a.counter = &abandoned_runs;
+    a.to_queue = 3;
+    REQUIRE(peer_command(&a, PEER_QUEUE));
+    REQUIRE(peer_command(&a, PEER_DETACHED));
+    CHECK_EQ(queue_items(&a.ts->delayed), 3);
+    ng_qsbr_advance(&in->qsbr);
+    REQUIRE(peer_command(&h, PEER_CHECKPOINTS));
+    REQUIRE(peer_command(&h, PEER_HOLD));
+
+    /* Our entry advances and asks for processing; `h` holds its goal back. */
+    CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 2 * 1024 * 1024), NG_OK);
+    CHECK(ng_atomic_load(&ts->qsbr->should_process, NG_RELAXED));
+    for (int i = 0; i < 4; i++) {
+        CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+        CHECK(!ng_atomic_load(&ts->qsbr->should_process, NG_RELAXED));
+        CHECK(delayed_pending(ts));
+        CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 0);
+    }
+
+    /* `a`'s work moves to the interpreter's queue; its goals are reached, ours is not. */
+    ng_delayed_abandon(a.ts, NULL);
+    CHECK(ng_atomic_load(&in->delayed.has_work, NG_RELAXED));
+    CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+    CHECK_EQ(ng_atomic_load(&abandoned_runs, NG_RELAXED), 3);
+    CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 0);
+    CHECK(delayed_pending(ts));
+
+    REQUIRE(peer_command(&h, PEER_CHECKPOINTS));
+    CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+    CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 1);
+    CHECK_EQ(queue_items(&ts->delayed), 0);
+    CHECK(!delayed_pending(ts));
+
+    /* A goal ahead of the write sequence waits for an advance, not for reports: a request
+     * found set at the checkpoint (one that leaves the bit to this layer) is dropped, and it
+     * is kept for a goal that only reports hold back. ng_delayed_checkpoint is what the
+     * checkpoint calls. */
+    REQUIRE(peer_command(&h, PEER_HOLD));
+    CHECK_STATUS(ng_call_delayed(ts, count_run, &runs, 8), NG_OK);
+    CHECK(!delayed_pending(ts));
+    ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
+    CHECK_EQ(ng_delayed_checkpoint(ts), 0);
+    CHECK(!delayed_pending(ts));
+    ng_qsbr_advance(&in->qsbr);
+    ng_tstate_set_pending(ts, NG_PENDING_DELAYED);
+    CHECK_EQ(ng_delayed_checkpoint(ts), 0);
+    CHECK(delayed_pending(ts));
+    CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 1);
+
+    REQUIRE(peer_command(&h, PEER_CHECKPOINTS));
+    CHECK_STATUS(ng_tstate_checkpoint(ts), NG_OK);
+    CHECK_EQ(ng_atomic_load(&runs, NG_RELAXED), 2);
+    CHECK(!delayed_pending(ts));
+    peer_stop(&a);
+    end_peer_scene(in, ts, &h);
+}
+
 /* A detached thread never holds a goal back. */
 TEST(delayed_detached_peer_does_not_hold_back)
 {
