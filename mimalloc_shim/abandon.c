@@ -132,7 +132,9 @@ static void adopt_segment(ng_mi_thread *t, ng_mi_segment *s)
     /* Relaxed: only we compare it with our own id; others take the slow path either way. */
     ng_atomic_store(&s->thread_id, t->thread_id, NG_RELAXED);
     s->owner = t;
+    ng_mi_segment_dfree_sync(s);
     ng_mi_seglist_push(&t->data[s->heap_kind].segments, s);
+    t->dfree_stale = true;
     s->pages_used++; /* keeps the segment while its pages are sorted out */
     for (uint32_t i = 0; i < s->page_count; i++) {
         ng_mi_page *page = &s->pages[i];

@@ -54,6 +54,8 @@ bool ng_mi_bin_wsize_range(int heap_kind, size_t bin, size_t *lo, size_t *hi);
  * bin has no direct entries. */
 extern uint8_t ng_mi_direct_lo[NG_MI_HEAP_COUNT][NG_MI_BIN_COUNT];
 extern uint8_t ng_mi_direct_hi[NG_MI_HEAP_COUNT][NG_MI_BIN_COUNT];
+/* ng_mi_heap_bin(kind, w * 8) for every direct[] word size w, precomputed likewise. */
+extern uint8_t ng_mi_direct_bin[NG_MI_HEAP_COUNT][NG_MI_DIRECT_WSIZE + 1];
 void ng_mi_size_init(void);
 
 /* ---- Pages: private flags (ng_mi_page.reserved_flags) ------------------------------------ */
@@ -116,12 +118,26 @@ struct ng_mi_thread {
     ng_mi_segment *huge;            /* this set's huge segments: under mi->lock */
     struct ng_mi_thread *prev, *next; /* mi->threads, under mi->lock */
     bool abandoning;                /* empty segments stay until the abandon decides */
+    /* An object heap's segment list changed since ng_mi_dfree_adapt last looked (or it
+     * never looked): the slow path runs it only then, not at every miss. */
+    bool dfree_stale;
+    int dfree_hook;                 /* ng_mi_test_dfree_always as adapt last saw it */
 };
 _Static_assert(offsetof(struct ng_mi_thread, dfree) == 0, "ng_mi_dfree_push_owned casts");
 
 /* Turns the set's buffering on while one of its object heaps spans more than one segment, off
- * otherwise (nogil/alloc.h, ng_mi_dfree); owner. */
+ * otherwise (nogil/alloc.h, ng_mi_dfree), and sets its segments' dfree bytes to match; owner. */
 void ng_mi_dfree_adapt(ng_mi_thread *t);
+
+/* What a segment's dfree byte must say (nogil/alloc.h): its owner buffers and the segment
+ * holds object-heap blocks of a small/medium/large kind. Whoever gives a segment an owner or
+ * a heap kind, or changes `on`, calls it (the owner, or a thread acting for it); an abandoned
+ * segment's byte is stale, and read by nobody: its thread id matches no thread. */
+static inline void ng_mi_segment_dfree_sync(ng_mi_segment *s)
+{
+    s->dfree = s->owner != NULL && s->owner->dfree.on && s->heap_kind != NG_MI_HEAP_MEM &&
+               s->kind != NG_MI_SEGMENT_HUGE;
+}
 
 /* The per-interpreter data (interp->ext[index]). */
 typedef struct ng_mi_interp {

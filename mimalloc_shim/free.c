@@ -162,13 +162,23 @@ int ng_mi_test_dfree_always;
 
 void ng_mi_dfree_adapt(ng_mi_thread *t)
 {
-    bool big = ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED) != 0;
+    int hook = ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED);
+    bool big = hook != 0;
     for (int k = NG_MI_HEAP_OBJECT; k < NG_MI_HEAP_COUNT && !big; k++)
         big = t->data[k].segments != NULL && t->data[k].segments->next != NULL;
-    if (t->dfree.on != big) {
-        ng_mi_dfree_flush(&t->dfree);
-        t->dfree.on = big;
-    }
+    t->dfree_stale = false;
+    t->dfree_hook = hook;
+    if (t->dfree.on == big)
+        return;
+    ng_mi_dfree_flush(&t->dfree);
+    t->dfree.on = big;
+    /* Every segment the set owns (the huge ones never buffer; the cached one may become an
+     * object heap's again). */
+    for (int k = NG_MI_HEAP_OBJECT; k < NG_MI_HEAP_COUNT; k++)
+        for (ng_mi_segment *s = t->data[k].segments; s != NULL; s = s->next)
+            ng_mi_segment_dfree_sync(s);
+    if (t->cached != NULL)
+        ng_mi_segment_dfree_sync(t->cached);
 }
 
 void ng_mi_dfree_flush(ng_mi_dfree *d)

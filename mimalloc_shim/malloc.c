@@ -126,14 +126,45 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
      * buffer), and a buffer does not hold blocks across a program's phases (nogil/alloc.h,
      * ng_mi_dfree). Not the MEM heap's: its owner may be detached, and a stopper may be
      * walking the object pages the flush would change. */
+    ng_mi_thread *t = heap->thread;
     if (heap->kind != NG_MI_HEAP_MEM) {
-        ng_mi_dfree_flush(&heap->thread->dfree);
-        ng_mi_dfree_adapt(heap->thread);
+        if (t->dfree.n != 0)
+            ng_mi_dfree_flush(&t->dfree);
+        /* Whether to buffer changes only with the segment lists (or the test hook). */
+        if (t->dfree_stale || ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED) != t->dfree_hook)
+            ng_mi_dfree_adapt(t);
     }
-    ng_mi_heap_drain_delayed(heap);
-    ng_mi_heap_collect_retired(heap, false);
-    size_t bin = ng_mi_heap_bin(heap->kind, size);
-    ng_mi_page *page = find_page(heap, bin);
+    /* The cheap tests of the two calls below, here: a miss of the inline path is common
+     * (every few dozen allocations of a size class whose free list ran dry), these lists are
+     * usually empty. Relaxed peek: as in ng_mi_heap_drain_delayed. */
+    ng_mi_heap_data *hd = &t->data[heap->kind];
+    if (ng_atomic_load(&hd->thread_delayed_free, NG_RELAXED) != 0)
+        ng_mi_heap_drain_delayed(heap);
+    if (hd->retired_min <= hd->retired_max)
+        ng_mi_heap_collect_retired(heap, false);
+    size_t bin = size <= NG_MI_DIRECT_MAX ? ng_mi_direct_bin[heap->kind][(size + 7) >> 3]
+                                          : ng_mi_heap_bin(heap->kind, size);
+    /* The usual miss: the bin's first page ran out of `free` while the owner's frees piled up
+     * in local_free (or other threads' in thread_free). Taking them is scan_bin's first step;
+     * done here it costs no call, and direct[] already points at the page unless it was
+     * reset meanwhile. A waiting page is left to scan_bin (its goal must be dropped). */
+    ng_mi_page *page = hd->bins[bin].first;
+    if (page != NULL && !(page->reserved_flags & NG_MI_PF_QSBR_LINKED)) {
+        /* Relaxed peek: ng_mi_page_collect_thread_free takes the list with an acquire CAS. */
+        if ((ng_atomic_load(&page->thread_free, NG_RELAXED) & ~NG_MI_DELAY_MASK) != 0)
+            ng_mi_page_collect_thread_free(page);
+        if (page->free == NULL) {
+            page->free = page->local_free;
+            page->local_free = NULL;
+        }
+        if (page->free != NULL) {
+            page->retire_expire = 0;
+            if (size <= NG_MI_DIRECT_MAX && heap->direct[(size + 7) >> 3] != page)
+                ng_mi_heap_update_direct(heap, bin);
+            return page_pop(page);
+        }
+    }
+    page = find_page(heap, bin);
     if (page == NULL) {
         errno = ENOMEM;
         return NULL;

@@ -88,6 +88,9 @@ void ng_mi_heap_update_direct(ng_mi_heap *heap, size_t bin)
     /* A page waiting for its goal must not be reachable from the inline path (M3: only the
      * slow path may allocate from it, dropping the goal). */
     ng_mi_page *target = (first != NULL && first->qsbr_goal == 0) ? first : &ng_mi_empty_page;
+    /* The entries of a bin are only ever written together (here), so one tells for all. */
+    if (heap->direct[lo] == target)
+        return;
     for (size_t w = lo; w <= hi; w++)
         heap->direct[w] = target;
 }

@@ -73,10 +73,14 @@ bool ng_mi_bin_wsize_range(int heap_kind, size_t bin, size_t *lo, size_t *hi)
 
 uint8_t ng_mi_direct_lo[NG_MI_HEAP_COUNT][NG_MI_BIN_COUNT];
 uint8_t ng_mi_direct_hi[NG_MI_HEAP_COUNT][NG_MI_BIN_COUNT];
+uint8_t ng_mi_direct_bin[NG_MI_HEAP_COUNT][NG_MI_DIRECT_WSIZE + 1];
 
 void ng_mi_size_init(void)
 {
-    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
+        /* Classes are multiples of 8 bytes, so a size and its word size share a bin. */
+        for (size_t w = 0; w <= NG_MI_DIRECT_WSIZE; w++)
+            ng_mi_direct_bin[k][w] = (uint8_t)ng_mi_heap_bin(k, w * 8);
         for (size_t b = 0; b < NG_MI_BIN_COUNT; b++) {
             size_t lo, hi;
             if (ng_mi_bin_wsize_range(k, b, &lo, &hi)) {
@@ -88,4 +92,5 @@ void ng_mi_size_init(void)
                 ng_mi_direct_hi[k][b] = 0;
             }
         }
+    }
 }

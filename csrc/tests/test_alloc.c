@@ -556,3 +556,83 @@ TEST(alloc_visit_finds_exactly_the_live_blocks)
     free(s.hit);
     end_scene(in, ts);
 }
+
+/* ==== The slow path ========================================================================== */
+
+/* The slow path finds a request's size class in a table for the sizes direct[] serves: every
+ * size up to NG_MI_DIRECT_MAX gets the class ng_mi_heap_bin gives, in every heap kind. */
+TEST(alloc_slow_path_size_classes_match_the_bin_function)
+{
+    ALLOC_SCENE(in, ts, first, NG_MI_HEAP_MEM); /* the first heap fills the tables */
+    (void)first;
+    size_t bad = 0;
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
+        for (size_t s = 0; s <= NG_MI_DIRECT_MAX; s++)
+            bad += ng_mi_direct_bin[k][(s + 7) >> 3] != ng_mi_heap_bin(k, s);
+    CHECK_EQ(bad, 0);
+    for (int k = 0; k < NG_MI_HEAP_COUNT; k++) {
+        ng_mi_heap *h = alloc_heap(ts, (ng_mi_heap_kind)k);
+        REQUIRE(h != NULL);
+        for (size_t s = 0; s <= NG_MI_DIRECT_MAX; s++) {
+            void *p = ng_mi_heap_malloc_generic(h, s);
+            REQUIRE(p != NULL);
+            bad += ng_mi_usable_size(p) != ng_mi_bin_size(ng_mi_heap_bin(k, s));
+            CHECK_STATUS(ng_mi_free(p), NG_OK);
+        }
+    }
+    CHECK_EQ(bad, 0);
+    end_scene(in, ts);
+}
+
+static void *free_one_main(void *p)
+{
+    CHECK_STATUS(ng_mi_free(p), NG_OK);
+    return NULL;
+}
+
+/* A miss of the inline path on a page whose free list ran dry takes that page's own frees and
+ * other threads' frees (the common miss, handled before the bin scan): they are handed out
+ * again, each once, without carving new blocks, both lists are empty after it, and direct[]
+ * still points at the page. */
+TEST(alloc_miss_takes_the_first_pages_local_and_foreign_frees)
+{
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    enum { OWN = 3, MAX = 4096 };
+    void **blocks = calloc(MAX, sizeof *blocks);
+    REQUIRE(blocks != NULL);
+    blocks[0] = ng_mi_heap_malloc(h, 64);
+    REQUIRE(blocks[0] != NULL);
+    ng_mi_page *page = alloc_page_of(blocks[0]);
+    size_t n = 1;
+    while (page->free != NULL && n < MAX)
+        blocks[n++] = ng_mi_heap_malloc(h, 64);
+    REQUIRE(page->free == NULL && n > OWN + 1 && page->capacity < page->reserved);
+    for (size_t i = 0; i < n; i++)
+        REQUIRE(alloc_page_of(blocks[i]) == page);
+    uint32_t capacity = page->capacity;
+    for (int i = 0; i < OWN; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    alloc_run_thread(free_one_main, blocks[OWN]);
+    REQUIRE((ng_atomic_load(&page->thread_free, NG_RELAXED) & ~NG_MI_DELAY_MASK) != 0);
+
+    void *again[OWN + 1];
+    again[0] = ng_mi_heap_malloc(h, 64);
+    CHECK(page->local_free == NULL);
+    CHECK_EQ(ng_atomic_load(&page->thread_free, NG_RELAXED) & ~NG_MI_DELAY_MASK, 0);
+    CHECK_PTR_EQ(h->direct[(64 + 7) >> 3], page);
+    for (int i = 1; i <= OWN; i++)
+        again[i] = ng_mi_heap_malloc(h, 64);
+    int found = 0;
+    for (int i = 0; i <= OWN; i++)
+        for (int j = 0; j <= OWN; j++)
+            found += again[i] == blocks[j];
+    CHECK_EQ(found, OWN + 1);
+    CHECK_EQ(page->capacity, capacity);
+    CHECK_EQ(page->used, n);
+    for (int i = 0; i <= OWN; i++)
+        blocks[i] = again[i];
+    for (size_t i = 0; i < n; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    free(blocks);
+    end_scene(in, ts);
+}

@@ -486,3 +486,132 @@ TEST(alloc_dfree_pointer_outlives_a_claimed_state_harmlessly)
     join_thread(th);
     CHECK_STATUS(ng_interp_delete(d.y), NG_OK);
 }
+
+/* ---- The segments' dfree byte -------------------------------------------------------------- */
+
+/* Whether freeing `p` (a block of one of the caller's segments) goes to the buffer of `t`. */
+static bool df_free_buffers(ng_mi_thread *t, void *p)
+{
+    uint32_t n = t->dfree.n;
+    CHECK_STATUS(ng_mi_free(p), NG_OK);
+    return t->dfree.n == n + 1;
+}
+
+/* An object heap's emptied segment is kept as the set's cached segment and may come back for
+ * the MEM heap, whose frees must never be buffered (its owner may free while detached): the
+ * segment's byte follows its new heap kind, not the buffering of its old one. */
+TEST(alloc_dfree_object_segment_reused_by_the_mem_heap_is_not_buffered)
+{
+    DF_ALWAYS_ON();
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    ng_mi_thread *t = h->thread;
+    void *b = ng_mi_heap_malloc(h, 64);
+    REQUIRE(b != NULL);
+    ng_mi_segment *s = ng_mi_segment_of(b);
+    REQUIRE(df_free_buffers(t, b));
+    /* The flush empties the page; once its goal is reached it goes back, and so does the
+     * emptied segment, to the cache. */
+    for (int i = 0; i < 8 && t->cached != s; i++) {
+        CHECK_STATUS(ng_mi_heap_collect(h, false), NG_OK);
+        alloc_quiesce(ts);
+    }
+    REQUIRE(t->cached == s);
+    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
+    REQUIRE(mem != NULL);
+    void *p = ng_mi_heap_malloc(mem, 64);
+    REQUIRE(p != NULL);
+    REQUIRE(ng_mi_segment_of(p) == s);
+    CHECK(!df_free_buffers(t, p));
+    CHECK_EQ(alloc_heap_stats(mem).blocks_in_use, 0);
+    end_scene(in, ts);
+}
+
+/* A segment reclaimed from the abandoned pool buffers as its new set does: a set that does
+ * not buffer frees straight into the pages of a segment whose last owner buffered, and a set
+ * that buffers takes the frees of a segment whose last owner did not. */
+TEST(alloc_dfree_reclaimed_segment_follows_its_new_sets_buffering)
+{
+    DF_ALWAYS_ON();
+    TSTATE_SCENE(in, ts);
+    CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    ng_tstate *other = attached_state(in);
+    REQUIRE(other != NULL);
+    ng_mi_heap *oh = alloc_heap(other, NG_MI_HEAP_OBJECT);
+    REQUIRE(oh != NULL);
+    void *x = ng_mi_heap_malloc(oh, 64);
+    REQUIRE(x != NULL);
+    REQUIRE(oh->thread->dfree.on && ng_mi_segment_of(x)->dfree);
+    CHECK_STATUS(ng_tstate_release(other), NG_OK); /* x's segment goes to the pool */
+
+    ng_atomic_store(&ng_mi_test_dfree_always, 0, NG_RELAXED);
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    ng_mi_heap *h = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+    REQUIRE(h != NULL);
+    CHECK_STATUS(ng_mi_heap_collect(h, true), NG_OK);
+    REQUIRE(ng_mi_segment_of(x)->owner == h->thread);
+    REQUIRE(!h->thread->dfree.on);
+    CHECK(!df_free_buffers(h->thread, x));
+    CHECK_EQ(alloc_heap_stats(h).blocks_in_use, 0);
+
+    /* The other way round: abandoned by a set that did not buffer. */
+    CHECK_STATUS(ng_tstate_detach(ts), NG_OK);
+    other = attached_state(in);
+    REQUIRE(other != NULL);
+    oh = alloc_heap(other, NG_MI_HEAP_OBJECT);
+    REQUIRE(oh != NULL);
+    void *y = ng_mi_heap_malloc(oh, 96);
+    REQUIRE(y != NULL);
+    REQUIRE(!oh->thread->dfree.on);
+    CHECK_STATUS(ng_tstate_release(other), NG_OK);
+    ng_atomic_store(&ng_mi_test_dfree_always, 1, NG_RELAXED);
+    CHECK_STATUS(ng_tstate_attach(ts), NG_OK);
+    void *z = ng_mi_heap_malloc(h, 2000); /* a class without a page: the slow path turns it on */
+    REQUIRE(z != NULL);
+    REQUIRE(h->thread->dfree.on);
+    CHECK_STATUS(ng_mi_heap_collect(h, true), NG_OK);
+    REQUIRE(ng_mi_segment_of(y)->owner == h->thread);
+    CHECK(df_free_buffers(h->thread, y));
+    CHECK_STATUS(ng_mi_free(z), NG_OK);
+    end_scene(in, ts);
+}
+
+/* Without the test switch: an object heap that grows into the set's cached segment (left by
+ * the MEM heap) spans two segments, and the next slow path turns buffering on, also for the
+ * blocks of its first segment. */
+TEST(alloc_dfree_growing_into_the_cached_segment_turns_buffering_on)
+{
+    ALLOC_SCENE(in, ts, h, NG_MI_HEAP_OBJECT);
+    ng_mi_thread *t = h->thread;
+    ng_mi_heap *mem = alloc_heap(ts, NG_MI_HEAP_MEM);
+    REQUIRE(mem != NULL);
+    void *first = ng_mi_heap_malloc(h, 1024);
+    REQUIRE(first != NULL);
+    void *m = ng_mi_heap_malloc(mem, 64);
+    REQUIRE(m != NULL);
+    ng_mi_segment *cached = ng_mi_segment_of(m);
+    REQUIRE(cached != ng_mi_segment_of(first));
+    CHECK_STATUS(ng_mi_free(m), NG_OK);
+    CHECK_STATUS(ng_mi_heap_collect(mem, false), NG_OK); /* the MEM page and segment go */
+    REQUIRE(t->cached == cached);
+
+    size_t n = (size_t)(NG_MI_SEGMENT_SIZE / 1024) * 3 / 2;
+    void **blocks = calloc(n, sizeof *blocks);
+    REQUIRE(blocks != NULL);
+    size_t got = 0;
+    while (got < n && t->data[NG_MI_HEAP_OBJECT].segments->next == NULL) {
+        blocks[got] = ng_mi_heap_malloc(h, 1024);
+        if (blocks[got] == NULL)
+            break;
+        got++;
+    }
+    CHECK(t->data[NG_MI_HEAP_OBJECT].segments == cached);
+    void *z = ng_mi_heap_malloc(h, 2000); /* a class without a page: the slow path re-decides */
+    REQUIRE(z != NULL);
+    CHECK(t->dfree.on);
+    CHECK(df_free_buffers(t, first));
+    CHECK_STATUS(ng_mi_free(z), NG_OK);
+    for (size_t i = 0; i < got; i++)
+        CHECK_STATUS(ng_mi_free(blocks[i]), NG_OK);
+    free(blocks);
+    end_scene(in, ts);
+}
