@@ -43,8 +43,8 @@ func (ts *ThreadState) FreeDelayed(p unsafe.Pointer, size uintptr) error {
 // CallDelayed calls fn once no thread state can still be reading what the caller unlinked
 // before the call: every state attached now must first report a quiescent state or detach.
 // fn runs on the interpreter's runner goroutine (one per interpreter, started by the first
-// CallDelayed, locked to its OS thread), never on a thread-state goroutine, so it may block
-// without holding up a grace period, but it delays the functions queued after it. size is what fn releases, for
+// CallDelayed), never on a thread-state goroutine, so it may block without holding up a
+// grace period, but it delays the functions queued after it. size is what fn releases, for
 // the memory-aware thresholds (SetLimits). The state must be attached.
 //
 // Every queued fn runs exactly once: if its thread state is released, or its goroutine
@@ -186,10 +186,14 @@ func (in *Interpreter) startRunnerLocked() *runner {
 }
 
 func (r *runner) loop() {
-	// Locked, so that the token names the runner for as long as it runs: a token is a
-	// goroutine on one thread. The thread is blocked in ng_go_take between passes anyway.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	// isCurrent compares only the goroutine part: exact, because the token is withdrawn
+	// before the runner returns and its descriptor can be reused. The runner is not locked:
+	// a locked goroutine pays a thread handoff (tens of microseconds) each time a
+	// CallDelayed function blocks in Go. Where a token is only a thread id, it must be.
+	if !gtoken.NamesGoroutine {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	tok := gtoken.Current()
 	r.token.Store(&tok)
 	defer r.token.Store(nil)
@@ -218,7 +222,7 @@ func (r *runner) loop() {
 // CallDelayed function or stall handler.
 func (r *runner) isCurrent() bool {
 	tok := r.token.Load()
-	return tok != nil && tok.IsCurrent()
+	return tok != nil && tok.IsCurrentGoroutine()
 }
 
 func (r *runner) run(it *C.ng_go_item) {

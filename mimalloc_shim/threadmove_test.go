@@ -61,8 +61,9 @@ func TestHeapRefusesItsGoroutineOnAnotherThread(t *testing.T) {
 				p = q
 			}
 		}
+		own := unix.Gettid()     // read while locked: unlocked, a preemption may move it
 		runtime.UnlockOSThread() // the misuse: the state stays bound to this thread
-		tid <- unix.Gettid()
+		tid <- own
 		<-wake
 		// Locked while it looks, so that the calls run on the thread the id names.
 		runtime.LockOSThread()

@@ -36,3 +36,15 @@ func Current() Token {
 // IsCurrent reports whether *t == Current(), for the fast paths: it saves the round trip of
 // Current's two results through memory (about 0.2 ns).
 func (t *Token) IsCurrent() bool { return isCurrent(t) }
+
+// IsCurrentGoroutine reports whether the caller is t's goroutine, on whatever thread it runs
+// now. It is exact only while t's goroutine is known to be running (its descriptor can be
+// reused once it exits), so the owner must withdraw t before it returns. Where tokens do
+// not name the goroutine (NamesGoroutine false) it compares threads, as IsCurrent does.
+func (t *Token) IsCurrentGoroutine() bool {
+	if !NamesGoroutine {
+		return t.IsCurrent()
+	}
+	g, _ := current()
+	return g == t.g
+}

@@ -15,4 +15,9 @@ import _ "runtime/cgo"
 func current() (gp, tp uintptr)
 
 // isCurrent is *t == current(), without storing current's results and loading them back.
+//
+//go:noescape
 func isCurrent(t *Token) bool
+
+// NamesGoroutine reports whether tokens name the goroutine itself, not only its thread.
+const NamesGoroutine = true

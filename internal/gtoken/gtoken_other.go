@@ -9,3 +9,6 @@ import "golang.org/x/sys/unix"
 func current() (gp, tp uintptr) { return 0, uintptr(unix.Gettid()) }
 
 func isCurrent(t *Token) bool { return *t == Current() }
+
+// NamesGoroutine reports whether tokens name the goroutine itself, not only its thread.
+const NamesGoroutine = false

@@ -96,8 +96,9 @@ func TestCurrentChangesWithTheThread(t *testing.T) {
 	go func() {
 		runtime.LockOSThread()
 		before = Current()
+		own := unix.Gettid() // read while locked: unlocked, a preemption may move it
 		runtime.UnlockOSThread()
-		tid <- unix.Gettid()
+		tid <- own
 		<-wake
 		// Locked while it looks, so that the token is of the thread the id names.
 		runtime.LockOSThread()
