@@ -3,6 +3,7 @@ package testutil
 import (
 	"runtime"
 	"sync"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -57,4 +58,52 @@ func OccupyThread(tid int, timeout time.Duration, exit bool) (release func(), ok
 		release()
 		return nil, false
 	}
+}
+
+// RunMovedAfterUnlock runs bind on a new goroutine, which must leave it locked to its OS
+// thread (as nogil's Bind does) and return false after reporting any failure. The goroutine
+// then unlocks itself (the misuse under test), another goroutine occupies its old thread, and
+// moved runs on the same goroutine from another thread. It reports whether moved ran there;
+// it skips the test if nothing could occupy the old thread. The occupier returns locked once
+// moved is done, which ends the old thread and whatever C state is bound to it.
+func RunMovedAfterUnlock(t testing.TB, bind func() bool, moved func()) bool {
+	t.Helper()
+	tid := make(chan int)
+	wake := make(chan struct{})
+	ran := make(chan bool)
+	go func() {
+		if !bind() {
+			close(tid)
+			return
+		}
+		own := unix.Gettid()     // read while locked: unlocked, a preemption may move it
+		runtime.UnlockOSThread() // the misuse: the binding stays with this thread
+		tid <- own
+		<-wake
+		// Locked while it looks, so that moved runs on the thread the id names.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() == <-tid {
+			ran <- false
+			return
+		}
+		moved()
+		ran <- true
+	}()
+	old, ok := <-tid
+	if !ok {
+		return false
+	}
+	release, ok := OccupyThread(old, 10*time.Second, true)
+	if !ok {
+		t.Skip("no goroutine got onto the bound thread to keep it busy")
+	}
+	close(wake)
+	tid <- old
+	r := <-ran
+	release()
+	if !r {
+		t.Error("the goroutine ran on its old thread, which another goroutine holds locked")
+	}
+	return r
 }
