@@ -557,6 +557,95 @@ TEST(mutex_short_timed_lock_takes_a_lock_freed_during_its_spin)
     CHECK_GT(ok, 0);
 }
 
+/* ---- A turn taken back at once is retaken by looking during the spin ------------------------ */
+
+struct lost_turn_scene {
+    ng_mutex m;
+    int won;              /* waiter -> main: its contended lock returned */
+    int stolen;           /* main -> waiter: took the lock back after the waiter's unlock */
+    int64_t relock_began; /* waiter: just before its second lock */
+    int64_t relocked;     /* waiter: when that lock returned */
+    int64_t released;     /* main: when it unlocked the lock it took back */
+    int cpu;              /* the waiter's CPU (main runs on another) */
+};
+
+/* Pins the calling thread to one CPU; false if it cannot. */
+static bool pin_self(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+static void *lost_turn_waiter(void *p)
+{
+    struct lost_turn_scene *s = p;
+    pin_self(s->cpu);
+    ng_mutex_lock(&s->m); /* contended: ends a wait in the slow path */
+    ng_atomic_store(&s->won, 1, NG_SEQ_CST);
+    ng_mutex_unlock(&s->m);
+    /* Not the byte itself: had main taken and released it meanwhile, that would wait for ever. */
+    while (!ng_atomic_load(&s->stolen, NG_SEQ_CST))
+        ng_cpu_relax(); /* not a yield: the turn's window is 20 us */
+    ng_atomic_store(&s->relock_began, ng_monotonic_ns(), NG_SEQ_CST);
+    ng_mutex_lock(&s->m);
+    ng_atomic_store(&s->relocked, ng_monotonic_ns(), NG_SEQ_CST);
+    ng_mutex_unlock(&s->m);
+    return NULL;
+}
+
+TEST(mutex_lost_turn_is_taken_back_during_the_spin)
+{
+    /* A thread whose contended wait ended with the lock, and which finds it taken again right
+     * after its unlock, lost its turn to the other thread's first CAS; in lockbench that gave
+     * one thread a second blind 300 us spin per lost turn and Jain 0.7-0.9 at 2 threads. Its
+     * next wait must look at the byte after each yield: here the thief holds for 100 us, so
+     * the waiter gets the lock long before a blind spin (>= 300 us) could end. Rounds where
+     * the waiter's lock began late (a preemption) or after the 20 us window cannot tell; one
+     * clear round in 20 is required, and a blind spin can pass none. */
+    /* On two CPUs of their own: woken on main's CPU (as the scheduler likes to place it), the
+     * waiter would only run when main's spinning is preempted, and no window would hold. */
+    cpu_set_t saved;
+    int cpus[2], found = 0;
+    CHECK_EQ(pthread_getaffinity_np(pthread_self(), sizeof saved, &saved), 0);
+    for (int c = 0; c < CPU_SETSIZE && found < 2; c++)
+        if (CPU_ISSET(c, &saved))
+            cpus[found++] = c;
+    if (found < 2 || !pin_self(cpus[0])) {
+        printf("  (needs two CPUs: not applicable)\n");
+        return;
+    }
+    int previous_spins = ng_mutex_set_spin_limit(INT_MAX);
+    int clear = 0;
+    for (int round = 0; round < 20 && clear == 0; round++) {
+        struct lost_turn_scene s = {.cpu = cpus[1]};
+        ng_mutex_lock(&s.m);
+        pthread_t t = spawn_thread(lost_turn_waiter, &s);
+        CHECK(WAIT_UNTIL(ng_parking_lot_waiters(&s.m.bits) == 1, PATIENCE_MS));
+        CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
+        while (!ng_atomic_load(&s.won, NG_SEQ_CST))
+            ng_cpu_relax();
+        while (!ng_mutex_trylock(&s.m))
+            ng_cpu_relax();
+        ng_atomic_store(&s.stolen, 1, NG_SEQ_CST);
+        int64_t until = ng_monotonic_ns() + INT64_C(100000);
+        while (ng_monotonic_ns() < until)
+            ng_cpu_relax();
+        int64_t released = ng_monotonic_ns();
+        CHECK_STATUS(ng_mutex_unlock(&s.m), NG_OK);
+        join_thread(t);
+        int64_t began = ng_atomic_load(&s.relock_began, NG_SEQ_CST);
+        int64_t got = ng_atomic_load(&s.relocked, NG_SEQ_CST);
+        CHECK_GT(got, began);
+        if (began + INT64_C(20000) < released) /* it waited while the lock was held */
+            clear += got - began < INT64_C(250000);
+    }
+    CHECK_GT(clear, 0);
+    ng_mutex_set_spin_limit(previous_spins);
+    pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+}
+
 /* ---- R15: timed lock racing with a hand-off ------------------------------------------------- */
 
 struct r15_scene {
