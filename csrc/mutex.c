@@ -59,7 +59,9 @@ static __thread int64_t sleep_spin_until;
  * can give it back, and the blind spin stays the rule for every other wait. */
 #define LOST_TURN_NS INT64_C(20000)
 
-/* When this thread last took the lock at the end of a contended wait (monotonic ns). */
+/* When this thread last took the lock at the end of a contended wait (monotonic ns). Per
+ * thread, like the hint above, and gone with the thread; a fork child inherits it, which can
+ * only make its first wait within 20 us look at the byte. */
 static __thread int64_t won_after_wait_at;
 
 /* What a parked locker shares with the unlocker that wakes it (through park_arg). */

@@ -175,7 +175,9 @@ typedef struct ng_mi_segment {
     uint8_t heap_kind;          /* a segment serves one heap kind (reclaim routing) */
     /* Owner only: 1 while the owner's frees of its blocks go to the owner's buffer
      * (ng_mi_dfree: an object heap's small/medium/large segment of a set whose buffer is
-     * on), so the inline free tests one byte. */
+     * on), so the inline free tests one byte. While the segment is abandoned (its owner
+     * exited, or died in a fork parent) the byte is stale but unread: thread_id 0 keeps
+     * every inline free off it, and adoption (reclaim, a fork child's) re-syncs it. */
     uint8_t dfree;
     uint8_t reserved0;
     /* ---- mimalloc_shim/ private from here on ---- */
