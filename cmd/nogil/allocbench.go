@@ -418,7 +418,29 @@ type allocRecord struct {
 	// The measuring process's VmHWM before the measurement (its start-up), median of rounds.
 	BaseRSSKB int64 `json:"base_rss_kb"`
 	Rounds    int   `json:"rounds"`
+	// Each round's Mops/s and CPU Mops, in round order: round r of every allocator of a
+	// measurement ran back to back, so their ratio is the one least moved by the machine's
+	// drift (pairedRatio).
+	RoundMops    []float64 `json:"round_mops"`
+	RoundCPUMops []float64 `json:"round_cpu_mops"`
 	*GatingFields
+}
+
+// pairedRatio is the median over the rounds of a's rate over b's in the same round. The
+// rounds of one measurement alternate the allocators (a fresh process each), so a round's
+// allocators ran within a second of each other; on a VM whose memory latency drifts by 2x
+// within seconds (a pointer chase over 16 MiB here: 90-180 ns per load), the ratio of two
+// medians taken over the whole run mixes unrelated moments, while per-round pairs do not.
+// Falls back to the ratio of the medians when the rounds do not pair up.
+func pairedRatio(a, b []float64, medA, medB float64) float64 {
+	if len(a) == 0 || len(a) != len(b) {
+		return medA / medB
+	}
+	rs := make([]float64, len(a))
+	for i := range a {
+		rs[i] = a[i] / b[i]
+	}
+	return median(rs)
 }
 
 // GatingFields are the extra fields of the qsbr-gating records: the writer's OBJECT heap
@@ -563,9 +585,12 @@ func summarize(m measurement, alloc string, rs []childResult, cfg *allocbenchCon
 		base = append(base, float64(r.BaseRSSKB))
 		rec.PeakRSSKB = max(rec.PeakRSSKB, r.PeakRSSKB)
 	}
-	rec.Mops = median(mops)
+	rec.Mops, rec.RoundMops = median(mops), mops
 	if len(cpu) > 0 {
 		rec.CPUMops = median(cpu)
+		if len(cpu) == len(mops) {
+			rec.RoundCPUMops = cpu
+		}
 	}
 	rec.BaseRSSKB = int64(median(base))
 	if m.bench == benchGating {
@@ -617,11 +642,13 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 	}
 	fmt.Fprintln(w)
 	f2 := func(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
-	vs := func(v float64, base allocRecord, ok bool, self string) string {
-		return ratio(v, base.Mops, ok && self != base.Alloc)
+	vs := func(r, base allocRecord, ok bool) string {
+		return ratio(pairedRatio(r.RoundMops, base.RoundMops, r.Mops, base.Mops), 1,
+			ok && r.Alloc != base.Alloc && base.Mops > 0)
 	}
-	vsCPU := func(v float64, base allocRecord, ok bool, self string) string {
-		return ratio(v, base.CPUMops, ok && self != base.Alloc)
+	vsCPU := func(r, base allocRecord, ok bool) string {
+		return ratio(pairedRatio(r.RoundCPUMops, base.RoundCPUMops, r.CPUMops, base.CPUMops), 1,
+			ok && r.Alloc != base.Alloc && base.CPUMops > 0)
 	}
 	rssVs := func(r, base allocRecord, ok bool) string {
 		return ratio(float64(r.PeakRSSKB), float64(base.PeakRSSKB), ok && r.Alloc != base.Alloc)
@@ -634,6 +661,7 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 	if cfg.wantsBench(benchWindow) {
 		fmt.Fprintf(w, "replace-in-window: each thread keeps W live blocks of 16-256 B; an op checks and frees the block\n")
 		fmt.Fprintf(w, "of a random slot and allocates a new one (nogil: OBJECT heap). Mops/s: median of the rounds;\n")
+		fmt.Fprintf(w, "vs: median of the per-round ratios (a round's allocators run back to back);\n")
 		fmt.Fprintf(w, "CPU Mops: ops / the threads' mean CPU time (the rate while they ran: steadier on a busy\n")
 		fmt.Fprintf(w, "machine); peak RSS: largest VmHWM of the rounds, growth: peak minus the process's start-up.\n\n")
 		tw := newTable(w)
@@ -652,9 +680,9 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 					if name == allocNogil {
 						t1, t2 = ">= 0.9x mi, 2x glibc", "<= 1.2x"
 					}
-					tableRow(tw, 9, name, strconv.Itoa(t), strconv.Itoa(win), f2(r.Mops), vs(r.Mops, mi, okMi, name),
-						vs(r.Mops, gl, okGl, name), f2(r.CPUMops), vsCPU(r.CPUMops, mi, okMi, name),
-						vsCPU(r.CPUMops, gl, okGl, name), t1, mib(r.PeakRSSKB), mib(r.PeakRSSKB-r.BaseRSSKB),
+					tableRow(tw, 9, name, strconv.Itoa(t), strconv.Itoa(win), f2(r.Mops), vs(r, mi, okMi),
+						vs(r, gl, okGl), f2(r.CPUMops), vsCPU(r, mi, okMi),
+						vsCPU(r, gl, okGl), t1, mib(r.PeakRSSKB), mib(r.PeakRSSKB-r.BaseRSSKB),
 						rssVs(r, mi, okMi)+" / "+growthVs(r, mi, okMi), t2)
 				}
 			}
@@ -667,7 +695,8 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 
 	if cfg.wantsBench(benchXthread) {
 		fmt.Fprintf(w, "cross-thread frees: a producer allocates 16-256 B blocks and passes them through a ring of %d\n", cfg.ring)
-		fmt.Fprintf(w, "entries to a consumer that checks and frees them (Mops/s: blocks per second, median; CPU Mops:\n")
+		fmt.Fprintf(w, "entries to a consumer that checks and frees them (Mops/s: blocks per second, median; vs: median\n")
+		fmt.Fprintf(w, "of the per-round ratios; CPU Mops:\n")
 		fmt.Fprintf(w, "blocks / the CPU time of the busier thread outside its waits on the ring, the bottleneck stage).\n\n")
 		tw := newTable(w)
 		tableRow(tw, 9, "alloc", "Mops/s", "vs mi", "vs glibc", "CPU Mops", "vs mi", "vs glibc", "target", "peak RSS MiB", "vs mi")
@@ -682,8 +711,8 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 			if name == allocNogil {
 				target = ">= 1.0x mi"
 			}
-			tableRow(tw, 9, name, f2(r.Mops), vs(r.Mops, mi, okMi, name), vs(r.Mops, gl, okGl, name),
-				f2(r.CPUMops), vsCPU(r.CPUMops, mi, okMi, name), vsCPU(r.CPUMops, gl, okGl, name), target,
+			tableRow(tw, 9, name, f2(r.Mops), vs(r, mi, okMi), vs(r, gl, okGl),
+				f2(r.CPUMops), vsCPU(r, mi, okMi), vsCPU(r, gl, okGl), target,
 				mib(r.PeakRSSKB), rssVs(r, mi, okMi))
 		}
 		if err := tw.Flush(); err != nil {

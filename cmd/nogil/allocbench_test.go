@@ -60,6 +60,18 @@ func builtAllocs() map[string]bool {
 	return m
 }
 
+// TestPairedRatio: the median of the rounds' ratios, not the ratio of the two medians.
+func TestPairedRatio(t *testing.T) {
+	a := []float64{1, 2, 3}
+	b := []float64{3, 1, 2} // ratios 1/3, 2, 1.5; the medians are both 2
+	if got := pairedRatio(a, b, median(a), median(b)); got != 1.5 {
+		t.Errorf("pairedRatio = %v, want 1.5", got)
+	}
+	if got := pairedRatio(a, b[:2], 3, 1.5); got != 2 {
+		t.Errorf("unpaired rounds: %v, want the ratio of the medians, 2", got)
+	}
+}
+
 // TestAllocbenchJSON runs every measurement briefly for every allocator built in: every record
 // has the documented fields and a positive rate and RSS, and every expected record is there.
 func TestAllocbenchJSON(t *testing.T) {
@@ -70,7 +82,8 @@ func TestAllocbenchJSON(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
 	}
 	built := builtAllocs()
-	baseKeys := []string{"alloc", "base_rss_kb", "bench", "cpu_mops", "mops", "peak_rss_kb", "rounds", "threads", "window"}
+	baseKeys := []string{"alloc", "base_rss_kb", "bench", "cpu_mops", "mops", "peak_rss_kb", "round_cpu_mops",
+		"round_mops", "rounds", "threads", "window"}
 	gatingKeys := append(slices.Clone(baseKeys), "bytes_waiting_mean", "bytes_waiting_peak", "pages_deferred",
 		"pages_released_after_goal", "pages_reused_same_class", "pages_waiting_mean", "pages_waiting_peak",
 		"reader_reads", "readers", "report_every", "sample_every", "samples")
@@ -104,6 +117,9 @@ func TestAllocbenchJSON(t *testing.T) {
 		}
 		if !(rec.Mops > 0) || !(rec.CPUMops > 0) || rec.PeakRSSKB <= 0 || rec.BaseRSSKB <= 0 || rec.PeakRSSKB < rec.BaseRSSKB || rec.Rounds != 1 {
 			t.Errorf("%s: non-positive rate or RSS, or wrong rounds", line)
+		}
+		if len(rec.RoundMops) != rec.Rounds || len(rec.RoundCPUMops) != rec.Rounds || rec.RoundMops[0] != rec.Mops {
+			t.Errorf("%s: per-round rates do not match the rounds", line)
 		}
 		key := fmt.Sprintf("%s/%s/%d/%d", rec.Bench, rec.Alloc, rec.Threads, rec.Window)
 		if rec.GatingFields != nil {
