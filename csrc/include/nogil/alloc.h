@@ -243,8 +243,17 @@ NG_MI_FAST_PATH void *ng_mi_heap_malloc(ng_mi_heap *heap, size_t size)
         ng_mi_page *page = heap->direct[(size + 7) >> 3];
         ng_mi_block *block = page->free;
         if (block != NULL) {
-            page->free = *(ng_mi_block **)((char *)block + page->link_offset);
+            ng_mi_block *next = *(ng_mi_block **)((char *)block + page->link_offset);
+            page->free = next;
             page->used++;
+            /* The next block this size class hands out: its link is read by the next
+             * allocation and its first bytes written by the caller (an object header). Freed
+             * long ago, it is usually a cache miss at a large working set, and a class is
+             * allocated from again only some ops later, so the miss overlaps other work.
+             * Write intent; NULL (an emptied list) is a harmless prefetch. Replace-in-window
+             * at 100,000 live blocks, 5 runs of 20 paired rounds each: median 0.88x -> 0.96x
+             * libmimalloc at 1 thread, 0.90x -> 0.92x at 2; at 1,024 no change. */
+            __builtin_prefetch(next, 1, 3);
             return block;
         }
     }
