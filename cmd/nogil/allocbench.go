@@ -696,8 +696,8 @@ func writeAllocText(w io.Writer, cfg *allocbenchConfig, recs []allocRecord, impl
 	if cfg.wantsBench(benchXthread) {
 		fmt.Fprintf(w, "cross-thread frees: a producer allocates 16-256 B blocks and passes them through a ring of %d\n", cfg.ring)
 		fmt.Fprintf(w, "entries to a consumer that checks and frees them (Mops/s: blocks per second, median; vs: median\n")
-		fmt.Fprintf(w, "of the per-round ratios; CPU Mops:\n")
-		fmt.Fprintf(w, "blocks / the CPU time of the busier thread outside its waits on the ring, the bottleneck stage).\n\n")
+		fmt.Fprintf(w, "of the per-round ratios; CPU Mops: blocks / the CPU time of the busier thread outside its waits\n")
+		fmt.Fprintf(w, "on the ring, the bottleneck stage).\n\n")
 		tw := newTable(w)
 		tableRow(tw, 9, "alloc", "Mops/s", "vs mi", "vs glibc", "CPU Mops", "vs mi", "vs glibc", "target", "peak RSS MiB", "vs mi")
 		mi, okMi := findAlloc(recs, benchXthread, allocMimalloc, 2, cfg.ring, 0)
