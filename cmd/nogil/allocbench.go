@@ -322,8 +322,10 @@ const (
 func parseAllocbenchFlags(args []string, out io.Writer) (*allocbenchConfig, error) {
 	fs := flag.NewFlagSet("allocbench", flag.ContinueOnError)
 	fs.SetOutput(out)
-	duration := fs.Duration("duration", time.Second, "measuring time per allocator and measurement, split into the rounds")
-	rounds := fs.Int("rounds", 3, "split each measurement into this many `rounds`, each in a fresh process, alternating the allocators")
+	// Many short rounds: the ratios pair each round's allocators (pairedRatio), and more pairs
+	// average out more of a VM's drifting memory speed than a few long rounds.
+	duration := fs.Duration("duration", 4*time.Second, "measuring time per allocator and measurement, split into the rounds")
+	rounds := fs.Int("rounds", 20, "split each measurement into this many `rounds`, each in a fresh process, alternating the allocators")
 	threads := fs.String("threads", "1,2", "comma-separated `list` of thread counts for the window test (each thread its own window)")
 	windows := fs.String("windows", "1024,100000", "comma-separated `list` of window sizes (live blocks per thread)")
 	ring := fs.Int("ring", 1024, "cross-thread ring `entries` (a power of two)")

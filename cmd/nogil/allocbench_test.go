@@ -22,7 +22,7 @@ func TestAllocbenchFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.duration != time.Second || cfg.rounds != 3 || cfg.ring != 1024 || cfg.reportEvery != 1000 ||
+	if cfg.duration != 4*time.Second || cfg.rounds != 20 || cfg.ring != 1024 || cfg.reportEvery != 1000 ||
 		cfg.format != "text" || !slices.Equal(cfg.threads, []int{1, 2}) ||
 		!slices.Equal(cfg.windows, []int{1024, 100000}) || !slices.Equal(cfg.benches, allBenches) || cfg.allocs != nil {
 		t.Errorf("defaults %+v", cfg)
