@@ -23,13 +23,22 @@
  * with its state detached and starts again. It may not wait for any of them while it holds
  * the others: a thread that holds a world stopped goes on to take the list's lock
  * (ng_interp_new, ng_interp_delete) or a QSBR mutex (ng_tstate_new, ng_tstate_release) and
- * would wait for the handler, which waited for that world; and a QSBR mutex handed to a
- * thread that slept in it detached stays held while the handler's stop suspends that thread.
+ * would wait for the handler, which waited for that world; and a mutex handed to a thread
+ * that slept in it detached stays held while a stop suspends that thread in its re-attach.
  * 4 to 6 are waited for: their holders never wait for a stop or get suspended while holding
  * them (no detaching wait, no checkpoint inside), so the stops cannot make them wait for us.
- * A world the forking thread holds stopped itself is left stopped (it restarts it later); if
- * a thread suspended by that stop holds one of these locks (the hand-off above), the handler
- * cannot get it and retries for ever, so such a thread must not fork.
+ *
+ * A world the forking thread holds stopped itself is left stopped (it restarts it later), so
+ * a thread suspended by that stop stays suspended through every attempt. Such a thread never
+ * keeps the list's lock (interp.c's lock_list lets it go before it re-attaches). A QSBR mutex
+ * or another world's stw.mutex it may hold, handed over while it slept; but it has not used
+ * it yet and cannot before the restart (ng_lock_detach marks the state with the lock until
+ * it is attached), so the handler counts such a lock as taken: it leaves it to that thread,
+ * stops that other world without its mutex, and in the parent neither unlocks it nor, at the
+ * restart, the stw.mutex. The child re-initialises both. A suspended thread may also hold
+ * another world stopped (it stopped it, then was suspended at a checkpoint or in a wait):
+ * that stop is complete and cannot end before ours, so the handler takes the world as
+ * stopped; the parent leaves it to its holder, and the child resets it as one of its own.
  *
  * Extensions (ng_ext_hooks in nogil/tstate.h: the page allocator) hear about the fork here
  * too, at the points that header documents: their before_fork after the stops (their locks

@@ -21,9 +21,11 @@
  * process-wide list. Before the fork, the prepare handler takes, in the order fork.c
  * documents: the list's mutex, every interpreter's world (stopped, with the forking thread's
  * attached state as requester) and every QSBR mutex, all three with try-locks, backing off
- * detached when one fails; then every delayed-queue mutex and head_lock (never held across a
- * wait); the quarantine pools. So no queue, list or slot is mid-update when the address space
- * is copied. The parent releases in reverse. The child re-initialises every one of those
+ * detached when one fails (a stw.mutex or QSBR mutex held unused, or a world held stopped, by
+ * a thread that our stops keep suspended counts as taken); then every delayed-queue mutex and
+ * head_lock (never held across a wait); the quarantine pools. So no queue, list or slot is
+ * mid-update when the address space is copied. The parent releases in reverse, leaving the
+ * borrowed locks to their holders. The child re-initialises every one of those
  * locks (the forking thread is their only user now), drops the states of the threads that do
  * not exist any more, hands their delayed work to the interpreter's queue, and resets
  * stop-the-world and the GIL.
@@ -49,9 +51,36 @@ static ng_pool interp_pool = {.keep = INTERP_QUARANTINE};
 static ng_mutex all_interps_lock;
 static ng_interp *all_interps;
 
+ng_mutex *ng_test_interp_list_lock(void) { return &all_interps_lock; }
+
+/* Locks the list. The caller's attached state is detached while it waits (the holder may be
+ * the fork handler, which waits for stops), but unlike ng_lock_detach the lock is never kept
+ * through the re-attach: it is waited for, let go, and tried again once attached. A thread
+ * that held it while a stop suspended it would leave the fork handler of that stop's holder
+ * no way on, and the handler cannot tell such a holder from one that is changing the list
+ * without reading the list. The list is rarely contended, so fairness does not matter. */
+static void lock_list(void)
+{
+    for (;;) {
+        if (ng_mutex_trylock(&all_interps_lock))
+            return;
+        ng_tstate *ts = ng_tstate_current();
+        if (ts == NULL)
+            break; /* nothing to suspend: wait for it and keep it */
+        ng_tstate_detach_to(ts, NG_TSTATE_DETACHED);
+        ng_lock_nodetach(&all_interps_lock);
+        ng_mutex_unlock(&all_interps_lock);
+        /* On failure (the state's interpreter is being deleted) the thread carries on
+         * detached, as after any detaching wait. */
+        if (ng_tstate_attach_unchecked(ts) != NG_OK)
+            break;
+    }
+    ng_lock_nodetach(&all_interps_lock);
+}
+
 static void link_interp(ng_interp *interp)
 {
-    ng_lock_detach(&all_interps_lock);
+    lock_list();
     interp->all_next = all_interps;
     all_interps = interp;
     ng_mutex_unlock(&all_interps_lock);
@@ -59,7 +88,7 @@ static void link_interp(ng_interp *interp)
 
 static void unlink_interp(ng_interp *interp)
 {
-    ng_lock_detach(&all_interps_lock);
+    lock_list();
     for (ng_interp **p = &all_interps; *p != NULL; p = &(*p)->all_next) {
         if (*p == interp) {
             *p = interp->all_next;
@@ -297,48 +326,156 @@ void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out)
 
 /* ---- fork() -------------------------------------------------------------------------- */
 
-/* Restarts the worlds the fork handler stopped (after a failed attempt, or in the parent). */
+/* Restarts the worlds the fork handler stopped (after a failed attempt, or in the parent);
+ * one whose stop it took over from a suspended thread stays that thread's. */
 static void restart_fork_stops(void)
 {
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         ng_interp_impl *impl = NG_INTERP_IMPL(in);
         if (impl->fork_stopped) {
             impl->fork_stopped = 0;
-            ng_stw_start(in);
+            if (impl->fork_borrowed & NG_FORK_BORROWED_STOP)
+                ; /* its holder restarts it once we restart the world it waits in */
+            else if (impl->fork_borrowed & NG_FORK_BORROWED_STW)
+                ng_stw_start_borrowed(in);
+            else
+                ng_stw_start(in);
+            impl->fork_borrowed &= ~(NG_FORK_BORROWED_STW | NG_FORK_BORROWED_STOP);
         }
     }
 }
 
+/* Whether no thread of `in` can run before the calling thread restarts a world: it holds
+ * `in`'s world stopped, or the fork handler took over a stop that a thread it keeps
+ * suspended holds. */
+static bool held_still_by_us(ng_interp *in)
+{
+    return ng_stw_stopped_by_me(in) || (NG_INTERP_IMPL(in)->fork_borrowed & NG_FORK_BORROWED_STOP);
+}
+
+/* Whether `m` is held by a thread that got it in ng_lock_detach and waits to attach a state
+ * that a stop held still by the calling thread has suspended. That thread cannot use `m`,
+ * nor release it, before the restart, which only the caller can make: the fork handler
+ * counts `m` as taken. Under all_interps_lock. */
+static bool held_by_suspended_thread(ng_mutex *m)
+{
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
+        if (!held_still_by_us(in))
+            continue;
+        bool found = false;
+        ng_lock_nodetach(&in->head_lock);
+        for (ng_tstate *ts = in->threads; ts != NULL && !found; ts = ts->next) {
+            /* Acquire on the state word: SUSPENDED in a world held still by us stays so until
+             * we restart, and the owner's clearing of locked_unattached, if it came before
+             * the suspension, is then visible (see ng_lock_detach). Acquire on the lock word:
+             * pairs with ng_lock_detach's release store, so the earlier holders' changes
+             * under `m` are visible to us, who take it over. */
+            found = ng_atomic_load(&ts->state, NG_ACQUIRE) == NG_TSTATE_SUSPENDED &&
+                    ng_atomic_load(&NG_TSTATE_IMPL(ts)->locked_unattached, NG_ACQUIRE) == m;
+        }
+        ng_mutex_unlock(&in->head_lock);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
+/* Whether the thread that holds `in`'s world stopped is parked, waiting for the restart of a
+ * world held still by the calling thread. Its stop is then complete (a stop waits, and
+ * restarts, without detaching, so its requester cannot be parked on a state of its own in
+ * the middle of one) and cannot end before our restart: every thread of `in` stays
+ * suspended through the fork as if we had stopped the world ourselves. Under
+ * all_interps_lock. */
+static bool stop_holder_suspended_by_us(ng_interp *in)
+{
+    if (!ng_world_stopped(in))
+        return false;
+    for (ng_interp *mine = all_interps; mine != NULL; mine = mine->all_next) {
+        if (!held_still_by_us(mine))
+            continue;
+        bool found = false;
+        ng_lock_nodetach(&mine->head_lock);
+        for (ng_tstate *ts = mine->threads; ts != NULL && !found; ts = ts->next) {
+            /* Only the owner parks on its state word, and a SUSPENDED one in a world held
+             * still by us stays parked until we restart. The parking lot's bucket lock
+             * orders the owner's earlier writes before the count, so the owner id below is
+             * the one it wrote last, or newer: it still equals the owner's id only if the
+             * owner still holds `in` stopped (the id goes back to 0 before stw.mutex is
+             * released, and thread ids are never reused). Relaxed loads otherwise: a
+             * SUSPENDED seen here cannot change any more (a stale value only makes us miss
+             * the case and retry), and the thread id was set before the state was
+             * published. */
+            if (ng_atomic_load(&ts->state, NG_RELAXED) != NG_TSTATE_SUSPENDED ||
+                ng_parking_lot_waiters(&ts->state) <= 0)
+                continue;
+            found = ng_atomic_load(&NG_INTERP_IMPL(in)->stw_owner, NG_RELAXED) ==
+                    ng_atomic_load(&ts->thread_id, NG_RELAXED);
+        }
+        ng_mutex_unlock(&mine->head_lock);
+        if (found)
+            return true;
+    }
+    return false;
+}
+
 /* Stops every listed world but those this thread holds stopped itself (it restarts them),
- * with the calling thread's attached state as requester where it has one. Gives up, with
- * every stop it made undone, on a world whose stop another thread holds. */
+ * with the calling thread's attached state as requester where it has one. A world whose
+ * stw.mutex or stop a thread kept suspended by us holds is taken over instead (stopped
+ * without the mutex, or left stopped by its holder). Gives up, with every stop it made
+ * undone, on a world whose stop another thread holds. */
 static bool stop_worlds_for_fork(void)
 {
     ng_tstate *current = ng_tstate_current();
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         ng_interp_impl *impl = NG_INTERP_IMPL(in);
         impl->fork_stopped = 0;
+        impl->fork_borrowed = 0;
         if (ng_stw_stopped_by_me(in))
             continue;
-        if (ng_stw_try_stop(in, current != NULL && current->interp == in ? current : NULL) !=
-            NG_OK) {
-            restart_fork_stops();
-            return false;
+        ng_tstate *requester = current != NULL && current->interp == in ? current : NULL;
+        if (ng_stw_try_stop(in, requester) != NG_OK) {
+            if (held_by_suspended_thread(&in->stw.mutex)) {
+                ng_stw_stop_borrowed(in, requester);
+                impl->fork_borrowed |= NG_FORK_BORROWED_STW;
+            }
+            else if (stop_holder_suspended_by_us(in)) {
+                impl->fork_borrowed |= NG_FORK_BORROWED_STOP;
+            }
+            else {
+                restart_fork_stops();
+                return false;
+            }
         }
+        /* Also for a borrowed stop: the child resets it like ours (its holder is gone). */
         impl->fork_stopped = 1;
     }
     return true;
 }
 
-/* Takes every listed QSBR mutex, or none: a holder may be a thread our stops suspended. */
+/* Unlocks the QSBR mutexes taken by lock_qsbr_for_fork before `end` (NULL: all). */
+static void unlock_qsbr_for_fork(ng_interp *end)
+{
+    for (ng_interp *in = all_interps; in != end; in = in->all_next) {
+        ng_interp_impl *impl = NG_INTERP_IMPL(in);
+        if (!(impl->fork_borrowed & NG_FORK_BORROWED_QSBR))
+            ng_mutex_unlock(&in->qsbr.mutex);
+        impl->fork_borrowed &= ~NG_FORK_BORROWED_QSBR;
+    }
+}
+
+/* Takes every listed QSBR mutex, or none: a holder may be a thread our stops suspended. One
+ * held unused by such a thread counts as taken (held_by_suspended_thread). */
 static bool lock_qsbr_for_fork(void)
 {
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
-        if (!ng_mutex_trylock(&in->qsbr.mutex)) {
-            for (ng_interp *done = all_interps; done != in; done = done->all_next)
-                ng_mutex_unlock(&done->qsbr.mutex);
-            return false;
+        if (ng_mutex_trylock(&in->qsbr.mutex))
+            continue;
+        if (held_by_suspended_thread(&in->qsbr.mutex)) {
+            NG_INTERP_IMPL(in)->fork_borrowed |= NG_FORK_BORROWED_QSBR;
+            continue;
         }
+        unlock_qsbr_for_fork(in);
+        return false;
     }
     return true;
 }
@@ -393,8 +530,8 @@ void ng_tstate_layer_after_fork_parent(void)
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         ng_mutex_unlock(&in->head_lock);
         ng_mutex_unlock(&in->delayed.mutex);
-        ng_mutex_unlock(&in->qsbr.mutex);
     }
+    unlock_qsbr_for_fork(NULL);
     restart_fork_stops();
     ng_mutex_unlock(&all_interps_lock);
 }

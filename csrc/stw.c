@@ -101,7 +101,15 @@ int ng_stw_try_stop(ng_interp *interp, ng_tstate *requester)
     return NG_OK;
 }
 
-int ng_stw_start(ng_interp *interp)
+void ng_stw_stop_borrowed(ng_interp *interp, ng_tstate *requester)
+{
+    /* stw.mutex is held by a thread that this stop's caller keeps suspended in another
+     * world: it serialises this stop with that thread's as well as if we held it. */
+    stop_locked(interp, requester);
+}
+
+/* The restart; `unlock` unless stw.mutex belongs to a suspended thread (ng_stw_stop_borrowed). */
+static int start(ng_interp *interp, bool unlock)
 {
     ng_interp_impl *impl = NG_INTERP_IMPL(interp);
     ng_stw *stw = &interp->stw;
@@ -125,9 +133,14 @@ int ng_stw_start(ng_interp *interp)
     ng_atomic_fetch_add(&interp->stops, 1, NG_RELAXED);
     ng_mutex_unlock(&interp->head_lock);
     ng_atomic_store(&impl->stw_owner, 0, NG_RELAXED);
-    ng_mutex_unlock(&stw->mutex);
+    if (unlock)
+        ng_mutex_unlock(&stw->mutex);
     return NG_OK;
 }
+
+int ng_stw_start(ng_interp *interp) { return start(interp, true); }
+
+void ng_stw_start_borrowed(ng_interp *interp) { (void)start(interp, false); }
 
 int ng_stop_the_world(ng_interp *interp, ng_tstate *ts)
 {
@@ -181,6 +194,7 @@ void ng_stw_after_fork_child(ng_interp *interp)
     ng_interp_impl *impl = NG_INTERP_IMPL(interp);
     ng_stw *stw = &interp->stw;
     ng_event_at_fork_reinit(&stw->stop_event);
+    impl->fork_borrowed = 0; /* their holders are gone; the mutexes are re-initialised */
     if (!impl->fork_stopped && ng_stw_stopped_by_me(interp)) {
         /* The forking thread had stopped this world itself and will restart it: keep it
          * stopped, with only our own (uncounted) states left. */

@@ -68,6 +68,12 @@ typedef struct ng_tstate_impl {
      * concurrent interpreter deletion must not abandon it as well. */
     uint32_t releasing;
     struct ng_tstate_impl *claimed_next; /* ng_interp_delete's private list */
+    /* The lock that ng_lock_detach got for the owner while the state was detached, from the
+     * moment it is held until the owner is attached again (NULL otherwise). Written by the
+     * owner, read by the fork prepare handler: when the state is SUSPENDED by a stop that
+     * the forking thread holds, the owner can neither use nor release that lock before the
+     * restart, so the handler may count it as its own (interp.c). */
+    ng_mutex *locked_unattached;
     ng_pool_link pool_link;
 } ng_tstate_impl;
 
@@ -90,8 +96,17 @@ typedef struct ng_interp_impl {
      * with the caller's own id (a thread always sees its own writes). */
     uint64_t stw_owner;
     uint32_t fork_stopped; /* the fork prepare handler stopped this world (forking thread) */
+    /* NG_FORK_BORROWED_* bits: locks (or the stop) of this interpreter that the fork
+     * prepare handler did not take because a thread its stops keep suspended holds them
+     * (see locked_unattached, interp.c); the parent handler must not unlock or restart
+     * them. Forking thread only. */
+    uint32_t fork_borrowed;
     ng_pool_link pool_link;
 } ng_interp_impl;
+
+#define NG_FORK_BORROWED_STW 1u  /* stw.mutex: the handler stopped the world without it */
+#define NG_FORK_BORROWED_QSBR 2u /* qsbr.mutex */
+#define NG_FORK_BORROWED_STOP 4u /* the whole stop: its holder is suspended in a world of ours */
 
 #define NG_TSTATE_IMPL(ts) ((ng_tstate_impl *)(ts))
 #define NG_INTERP_IMPL(in) ((ng_interp_impl *)(in))
@@ -131,6 +146,11 @@ int ng_stw_stop(ng_interp *interp, ng_tstate *requester);
 /* ng_stw_stop that does not wait for stw.mutex: NG_TIMEOUT (nothing done) when another
  * thread holds it, i.e. stops this world or holds it stopped (the fork handler). */
 int ng_stw_try_stop(ng_interp *interp, ng_tstate *requester);
+/* The fork handler's stop of a world whose stw.mutex a suspended thread holds unused (its
+ * state's locked_unattached): the stop proceeds without the mutex, which stays that
+ * thread's; ng_stw_start_borrowed ends it and leaves the mutex locked. */
+void ng_stw_stop_borrowed(ng_interp *interp, ng_tstate *requester);
+void ng_stw_start_borrowed(ng_interp *interp);
 /* NG_OK or NG_EINVAL (not stopped). */
 int ng_stw_start(ng_interp *interp);
 /* Whether the calling thread is the one that stopped this interpreter's world. */
@@ -206,17 +226,38 @@ static inline void ng_lock_nodetach(ng_mutex *m)
     ng_cancel_install(token);
 }
 
-/* Locks `m`, detaching the caller's attached state while it sleeps (so that a stop-the-world
+/* Locks `m`, detaching the caller's attached state while it waits (so that a stop-the-world
  * can suspend it), without honouring the cancellation token: for locks whose holder may wait
- * for a stop-the-world (the list of interpreters, QSBR mutexes in the fork handler). */
+ * for a stop-the-world (QSBR mutexes, stw.mutex).
+ *
+ * The detach is done here rather than by the block hooks, so that the caller can say that it
+ * holds `m` before it attaches again: a stop may suspend the detached state meanwhile, and
+ * the thread then waits in the attach for the restart with `m` held (an unlocker hands a
+ * mutex straight to a waiter that waited long). The holder of that stop cannot get `m` until
+ * it restarts the world; its fork prepare handler therefore looks at locked_unattached and
+ * counts `m` as its own (interp.c), instead of waiting for it for ever. */
 static inline void ng_lock_detach(ng_mutex *m)
 {
     if (ng_mutex_trylock(m))
         return;
-    ng_cancel *token = ng_cancel_install(NULL);
-    while (ng_mutex_lock_timed(m, -1, NG_WAIT_DETACH) != NG_OK) {
-    }
-    ng_cancel_install(token);
+    ng_tstate *ts = ng_tstate_current();
+    if (ts != NULL)
+        ng_tstate_detach_to(ts, NG_TSTATE_DETACHED);
+    ng_lock_nodetach(m);
+    if (ts == NULL)
+        return;
+    ng_tstate_impl *impl = NG_TSTATE_IMPL(ts);
+    /* Release: pairs with the fork handler's acquire load, so that what the earlier holders
+     * of `m` did (ordered before our lock) is visible to the handler that takes `m` over. */
+    ng_atomic_store(&impl->locked_unattached, m, NG_RELEASE);
+    /* Fails only if the interpreter is being deleted: carry on detached, as the block hooks
+     * do; the next attach reports it. */
+    (void)ng_tstate_attach_unchecked(ts);
+    /* Relaxed: the handler reads this word only for a state it found SUSPENDED (acquire),
+     * and a suspension that comes after this point is published by a release store of the
+     * state word that follows this store in our order (our own detach_to, which the
+     * stopper's acquire-release CAS reads, or suspend_self's), so it sees NULL. */
+    ng_atomic_store(&impl->locked_unattached, NULL, NG_RELAXED);
 }
 
 /* ---- Test hooks --------------------------------------------------------------------------- */
@@ -236,6 +277,9 @@ extern void (*ng_test_attach_window_hook)(ng_tstate *ts);
 /* Called by ng_interp_delete once its stop-the-world completed, before the remaining states
  * are moved to SHUTTING_DOWN (spec R3). NULL by default. */
 extern void (*ng_test_interp_delete_stopped_hook)(ng_interp *interp);
+
+/* The lock of the process-wide list of interpreters, for tests that hold it. */
+ng_mutex *ng_test_interp_list_lock(void);
 
 /* Counters for the tests (relaxed): thread states and interpreters quarantined, and frees of
  * a state that was not live (a double free; the second one is ignored). */

@@ -50,7 +50,8 @@ void harness_register(const char *name, ng_test_body *body, const char *file, in
 static const char *const file_order[] = {
     "test_time_sema.c", "test_parking_lot.c", "test_mutex.c", "test_locks.c", "test_fork.c",
     "test_qsbr.c", "test_tstate.c", "test_tstate_edge_cases.c", "test_stw_gil.c",
-    "test_tstate_regressions.c", "test_fork_order.c", "test_delayed_free.c", "test_qsbr_torture.c",
+    "test_tstate_regressions.c", "test_fork_order.c", "test_fork_stopper.c", "test_delayed_free.c",
+    "test_delayed_fork.c", "test_qsbr_torture.c",
     "test_qsbr_backpressure.c",
     "test_alloc.c", "test_alloc_qsbr.c", "test_alloc_threads.c",
 };

@@ -199,6 +199,10 @@ void ng_tstate_clear_pending(ng_tstate *ts, uintptr_t bits);
  * detached) or NULL for a thread without one (a thread with an attached state in `interp`
  * must pass that one). The requester waits without detaching (R8).
  * While stopped, the requester must not lock mutexes other threads contend (R9).
+ * A thread that holds a world stopped may fork(): the world stays stopped in the parent and
+ * the child, and the caller restarts it in each. Threads that this stop suspended keep what
+ * they hold (a lock handed to them while they slept, another interpreter's world they hold
+ * stopped) until that restart; the fork takes such things over instead of waiting for them.
  * NG_OK, NG_EWRONGTHREAD, NG_EBUSY (the calling thread already stopped this world),
  * NG_ERELEASED, NG_EINVAL. */
 int ng_stop_the_world(ng_interp *interp, ng_tstate *ts);
@@ -239,7 +243,9 @@ static inline bool ng_gil_enabled(const ng_interp *interp)
  *
  *   prepare  the thread-state layer stops every interpreter's world (one the forking thread
  *            stopped itself stays stopped) and takes its own locks (the interpreter list, the
- *            QSBR, delayed-queue and head locks, the pools) and the registration lock; then
+ *            QSBR, delayed-queue and head locks, the pools; a QSBR or stop mutex, or a
+ *            stopped world, that a thread kept suspended by those stops holds is left to
+ *            it) and the registration lock; then
  *            before_fork 0, 1, ..., n-1.
  *   parent   after_fork_parent n-1, ..., 1, 0; then the layer releases its locks and restarts
  *            the worlds it stopped.
