@@ -26,8 +26,11 @@
  *
  * Fork: the thread-state layer's child handler reinitialises interp->delayed.mutex (a thread
  * that no longer exists may have held it) and abandons the dead threads' queues to the
- * interpreter's queue; only the surviving thread runs, so nothing here needs more care. Thread
- * exit: the thread-state layer abandons every state of the exiting thread (ng_delayed_abandon),
+ * interpreter's queue; only the surviving thread runs, so nothing here needs more care. An
+ * entry may fork(): the prepare handler waits for interp->delayed.mutex and head_lock, which
+ * no running entry's processing holds (entries run outside every lock, above), and the child
+ * returns from the entry into a processing loop that holds no pointer into a queue
+ * (test_delayed_fork.c). Thread exit: the thread-state layer abandons every state of the exiting thread (ng_delayed_abandon),
  * which processes the interpreter's queue right away with the releasing thread's slot (R6).
  */
 #define _GNU_SOURCE

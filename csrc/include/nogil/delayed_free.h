@@ -93,8 +93,11 @@ typedef struct ng_delayed_interp_queue {
  * `size` feeds the memory-aware thresholds. NULL ptr (fn for ng_call_delayed) is ignored.
  * When the chunk cannot be allocated the call waits for a grace period and runs the entry
  * itself (it never fails for lack of memory). While the caller has stopped the world, a plain
- * free runs at once (calls and objects still queue: they run user code). Returns NG_OK,
- * NG_EINVAL (ts NULL), NG_ERELEASED, NG_EWRONGTHREAD, NG_ESTATE (not attached). */
+ * free runs at once (calls and objects still queue: they run user code). An entry runs with
+ * no lock of the library held and after it left its queue, so it may queue more work,
+ * process, and fork(): the child carries on from inside the entry with the queues intact
+ * (only ng_qsbr_barrier is refused from inside an entry). Returns NG_OK, NG_EINVAL (ts
+ * NULL), NG_ERELEASED, NG_EWRONGTHREAD, NG_ESTATE (not attached). */
 int ng_free_delayed(struct ng_tstate *ts, void *ptr, size_t size);
 int ng_object_free_delayed(struct ng_tstate *ts, void *obj, size_t size);
 int ng_call_delayed(struct ng_tstate *ts, ng_delayed_fn *fn, void *arg, size_t size);
