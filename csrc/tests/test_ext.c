@@ -237,7 +237,12 @@ static void note(char hook, int index)
 /* Upper case when the watched interpreter's world is stopped (documented for both hooks). */
 static char stopped_or_not(char hook)
 {
-    return ng_world_stopped(fork_watched) ? hook : (char)(hook - 'A' + 'a');
+    /* The hooks stay registered after the test: a later test's fork calls them with no
+     * interpreter watched (note() ignores that call). */
+    ng_interp *in = ng_atomic_load(&fork_watched, NG_SEQ_CST);
+    if (in == NULL)
+        return hook;
+    return ng_world_stopped(in) ? hook : (char)(hook - 'A' + 'a');
 }
 
 static void log_before_fork(int index) { note(stopped_or_not('B'), index); }
