@@ -326,23 +326,41 @@ void ng_interp_get_stats(ng_interp *interp, ng_interp_stats *out)
 
 /* ---- fork() -------------------------------------------------------------------------- */
 
+void (*ng_test_fork_restart_hook)(ng_interp *interp);
+
+static void restart_fork_stop(ng_interp *in)
+{
+    ng_interp_impl *impl = NG_INTERP_IMPL(in);
+    /* Relaxed: a test knob, set while no fork runs. */
+    void (*hook)(ng_interp *) = ng_atomic_load(&ng_test_fork_restart_hook, NG_RELAXED);
+    if (hook != NULL)
+        hook(in);
+    impl->fork_stopped = 0;
+    if (impl->fork_borrowed & NG_FORK_BORROWED_STOP)
+        ; /* its holder restarts it once we restart the world it waits in */
+    else if (impl->fork_borrowed & NG_FORK_BORROWED_STW)
+        ng_stw_start_borrowed(in);
+    else
+        ng_stw_start(in);
+    impl->fork_borrowed &= ~(NG_FORK_BORROWED_STW | NG_FORK_BORROWED_STOP);
+}
+
 /* Restarts the worlds the fork handler stopped (after a failed attempt, or in the parent);
- * one whose stop it took over from a suspended thread stays that thread's. */
+ * one whose stop it took over from a suspended thread stays that thread's. The worlds it
+ * stopped without their stw.mutex go first: the holder of that mutex may be suspended in a
+ * world that this handler stopped too (earlier in the list), and once that world restarts
+ * it goes on to stop the borrowed one with the mutex it holds, which must find that world
+ * restarted and no longer ours (else our late restart would undo its stop). */
 static void restart_fork_stops(void)
 {
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         ng_interp_impl *impl = NG_INTERP_IMPL(in);
-        if (impl->fork_stopped) {
-            impl->fork_stopped = 0;
-            if (impl->fork_borrowed & NG_FORK_BORROWED_STOP)
-                ; /* its holder restarts it once we restart the world it waits in */
-            else if (impl->fork_borrowed & NG_FORK_BORROWED_STW)
-                ng_stw_start_borrowed(in);
-            else
-                ng_stw_start(in);
-            impl->fork_borrowed &= ~(NG_FORK_BORROWED_STW | NG_FORK_BORROWED_STOP);
-        }
+        if (impl->fork_stopped && (impl->fork_borrowed & NG_FORK_BORROWED_STW))
+            restart_fork_stop(in);
     }
+    for (ng_interp *in = all_interps; in != NULL; in = in->all_next)
+        if (NG_INTERP_IMPL(in)->fork_stopped)
+            restart_fork_stop(in);
 }
 
 /* Whether no thread of `in` can run before the calling thread restarts a world: it holds

@@ -278,6 +278,10 @@ extern void (*ng_test_attach_window_hook)(ng_tstate *ts);
  * are moved to SHUTTING_DOWN (spec R3). NULL by default. */
 extern void (*ng_test_interp_delete_stopped_hook)(ng_interp *interp);
 
+/* Called by the fork handler before it restarts each world it stopped (in the parent, or
+ * after a failed attempt). NULL by default. */
+extern void (*ng_test_fork_restart_hook)(ng_interp *interp);
+
 /* The lock of the process-wide list of interpreters, for tests that hold it. */
 ng_mutex *ng_test_interp_list_lock(void);
 

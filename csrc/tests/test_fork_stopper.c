@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "fork_helpers.h"
 #include "tstate_helpers.h"
@@ -45,14 +46,27 @@ static const char *const stopper_check_names[] = {
     NULL,
 };
 
-/* What the suspended thread holds when the fork comes. */
-enum stopper_lock { HOLDS_QSBR, HOLDS_LIST, HOLDS_STW, HOLDS_STOP };
+/* What the suspended thread holds when the fork comes. HOLDS_STW_MID: as HOLDS_STW, but the
+ * world it is suspended in is stopped by the fork handler itself, not by the forking thread
+ * beforehand, so the handler restarts it in the parent. */
+enum stopper_lock { HOLDS_QSBR, HOLDS_LIST, HOLDS_STW, HOLDS_STOP, HOLDS_STW_MID };
 
 struct stopper_scene {
     enum stopper_lock kind;
     ng_interp *in;    /* the world the forking thread stops */
     ng_interp *other; /* HOLDS_STW, HOLDS_STOP: the world whose stop the sleeper takes */
     ng_mutex *lock;   /* the lock the sleeper sleeps in (HOLDS_STOP: the other stw.mutex) */
+    bool forker_holds; /* the forking thread stops `in` before it forks (all but _MID) */
+
+    /* HOLDS_STW_MID: a world between `in` and `other` in the list of interpreters, whose one
+     * attached thread (the staller) keeps the handler's stop waiting until it is told to
+     * reach a checkpoint; meanwhile `in` is stopped by the handler. */
+    ng_interp *mid;
+    pthread_t staller;
+    uint32_t staller_ready; /* 1: attached, 2: set-up failed */
+    uint32_t staller_release, staller_done;
+    int staller_failed;
+    uint32_t in_restarted; /* the parent's handler restarted `in` (restart hook) */
 
     pthread_t sleeper;
     ng_tstate *sleeper_ts; /* published once attached */
@@ -101,8 +115,12 @@ static void *stopper_sleeper_main(void *arg)
         break;
     }
     case HOLDS_STW: /* another world's stw.mutex, through its stop */
-        if (ng_stop_the_world(s->other, NULL) != NG_OK ||
-            ng_start_the_world(s->other) != NG_OK)
+    case HOLDS_STW_MID:
+        if (ng_stop_the_world(s->other, NULL) != NG_OK)
+            s->sleeper_failed |= STOPPER_SLEEPER_FAILED;
+        /* The stop is ours, and not restarted by the handler behind our back. */
+        else if (!ng_stw_stopped_by_me(s->other) || !ng_world_stopped(s->other) ||
+                 ng_start_the_world(s->other) != NG_OK)
             s->sleeper_failed |= STOPPER_SLEEPER_FAILED;
         break;
     case HOLDS_STOP: /* another world stopped, while it checkpoints in this one */
@@ -132,7 +150,8 @@ static void *stopper_sleeper_main(void *arg)
 static int stopper_child_checks(struct stopper_scene *s)
 {
     int bits = 0;
-    if (!ng_world_stopped(s->in) || ng_start_the_world(s->in) != NG_OK)
+    if (s->forker_holds ? !ng_world_stopped(s->in) || ng_start_the_world(s->in) != NG_OK
+                        : ng_world_stopped(s->in))
         bits |= 1;
     ng_tstate *extra = NULL;
     if (ng_tstate_new(s->in, &extra) != NG_OK || ng_tstate_release(extra) != NG_OK)
@@ -168,7 +187,7 @@ static void *stopper_forker_main(void *arg)
     }
     ng_atomic_store(&s->forker_ready, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s->stop_go, NG_ACQUIRE));
-    if (ng_stop_the_world(s->in, s->forker_ts) != NG_OK) {
+    if (s->forker_holds && ng_stop_the_world(s->in, s->forker_ts) != NG_OK) {
         s->forker_failed |= STOPPER_SETUP_FAILED;
         ng_atomic_store(&s->stopped, 2, NG_RELEASE);
         ng_tstate_release(s->forker_ts);
@@ -179,11 +198,18 @@ static void *stopper_forker_main(void *arg)
     ng_atomic_store(&s->stopped, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s->fork_go, NG_ACQUIRE));
     pid_t pid = fork();
-    if (pid == 0)
+    if (pid == 0) {
+        /* The child hangs if its handler broke a lock: the alarm ends it, and so does this
+         * thread's end (the scene's process died of its own alarm, or the runner of its
+         * watchdog), so no orphan outlives the run holding its output pipe open. */
+        alarm(CHILD_ALARM_S);
+        (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
         _exit(stopper_child_checks(s));
+    }
     ng_atomic_store(&s->forked, 1, NG_RELEASE);
-    /* The sleeper, still suspended, holds its lock (the list: it let it go) or its stop. */
-    if (s->kind != HOLDS_LIST && !ng_mutex_is_locked(s->lock))
+    /* The sleeper, still suspended, holds its lock (the list: it let it go) or its stop.
+     * (_MID: the handler restarted the sleeper's world, which then goes on.) */
+    if (s->forker_holds && s->kind != HOLDS_LIST && !ng_mutex_is_locked(s->lock))
         s->forker_failed |= STOPPER_LOCK_LOST;
     if (s->kind == HOLDS_STOP && !ng_world_stopped(s->other))
         s->forker_failed |= STOPPER_LOCK_LOST;
@@ -193,7 +219,7 @@ static void *stopper_forker_main(void *arg)
         s->forker_failed |= STOPPER_CHILD_FAILED;
     /* NG_EINVAL when the main thread had to rescue a hung fork (it restarted the world);
      * that failure is reported as the hang. */
-    int restart = ng_start_the_world(s->in);
+    int restart = s->forker_holds ? ng_start_the_world(s->in) : NG_OK;
     if (restart != NG_OK && restart != NG_EINVAL)
         s->forker_failed |= STOPPER_RESTART_FAILED;
     if (ng_tstate_release(s->forker_ts) != NG_OK)
@@ -212,8 +238,54 @@ static ng_mutex *stopper_lock_of(struct stopper_scene *s)
         return &s->in->qsbr.mutex;
     case HOLDS_LIST:
         return ng_test_interp_list_lock();
-    default: /* HOLDS_STW, HOLDS_STOP */
+    default: /* HOLDS_STW, HOLDS_STOP, HOLDS_STW_MID */
         return &s->other->stw.mutex;
+    }
+}
+
+/* HOLDS_STW_MID: attached in `mid`, reaches no checkpoint until released (the handler's stop
+ * of `mid` waits for it), then checkpoints until done. */
+static void *stopper_staller_main(void *arg)
+{
+    struct stopper_scene *s = arg;
+    ng_tstate *ts = NULL;
+    if (create_attached(s->mid, &ts) != NG_OK) {
+        s->staller_failed |= STOPPER_SETUP_FAILED;
+        if (ts != NULL)
+            ng_tstate_release(ts);
+        ng_atomic_store(&s->staller_ready, 2, NG_RELEASE);
+        return NULL;
+    }
+    ng_atomic_store(&s->staller_ready, 1, NG_RELEASE);
+    SPIN_UNTIL(ng_atomic_load(&s->staller_release, NG_ACQUIRE));
+    while (!ng_atomic_load(&s->staller_done, NG_ACQUIRE)) {
+        if (ng_tstate_checkpoint(ts) != NG_OK)
+            s->staller_failed |= STOPPER_SETUP_FAILED;
+        sched_yield();
+    }
+    if (ng_tstate_release(ts) != NG_OK)
+        s->staller_failed |= STOPPER_SETUP_FAILED;
+    return NULL;
+}
+
+/* HOLDS_STW_MID: the parent's handler is about to restart `in`'s world (which lets the
+ * sleeper go on into its stop of `other`) or `other`'s. If `in` went first, give the sleeper
+ * the time to begin that stop before `other` is restarted, so that a late restart of the
+ * borrowed world collides with it every time rather than once in a while. */
+static struct stopper_scene *restart_hook_scene;
+
+static void stopper_restart_hook(ng_interp *interp)
+{
+    struct stopper_scene *s = restart_hook_scene;
+    if (s == NULL || !ng_atomic_load(&s->fork_go, NG_ACQUIRE))
+        return;
+    if (interp == s->in)
+        ng_atomic_store(&s->in_restarted, 1, NG_RELAXED);
+    else if (interp == s->other && ng_atomic_load(&s->in_restarted, NG_RELAXED)) {
+        uint64_t sleeper_id = ng_atomic_load(&s->sleeper_ts->thread_id, NG_RELAXED);
+        (void)WAIT_UNTIL(ng_atomic_load(&NG_INTERP_IMPL(s->other)->stw_owner, NG_RELAXED) ==
+                             sleeper_id,
+                         1000);
     }
 }
 
@@ -222,26 +294,47 @@ static ng_mutex *stopper_lock_of(struct stopper_scene *s)
  * lock, which goes straight to the sleeper (hand-off threshold 0): the sleeper then waits,
  * suspended, for the restart, holding the lock (or, for the list, having let it go).
  * HOLDS_STOP: the sleeper stops the other world itself and is suspended at a checkpoint.
- * Then the forker forks. */
+ * Then the forker forks. HOLDS_STW_MID: the forker forks at once; the handler's stop of `in`
+ * suspends the sleeper, and its stop of `mid` waits for the staller while the main thread
+ * hands the other stw.mutex to the sleeper; then the staller lets the handler on. */
 static int stopper_scene_run(enum stopper_lock kind)
 {
-    struct stopper_scene s = {.kind = kind};
-    if (ng_interp_new(&s.in) != NG_OK)
+    struct stopper_scene s = {.kind = kind, .forker_holds = kind != HOLDS_STW_MID};
+    bool mid = kind == HOLDS_STW_MID;
+    /* The list is newest first: _MID wants in, mid, other in that order. */
+    if ((kind == HOLDS_STW || kind == HOLDS_STOP || mid) && ng_interp_new(&s.other) != NG_OK)
         return STOPPER_SETUP_FAILED;
-    if ((kind == HOLDS_STW || kind == HOLDS_STOP) && ng_interp_new(&s.other) != NG_OK) {
-        ng_interp_delete(s.in);
+    if (mid && ng_interp_new(&s.mid) != NG_OK) {
+        ng_interp_delete(s.other);
+        return STOPPER_SETUP_FAILED;
+    }
+    if (ng_interp_new(&s.in) != NG_OK) {
+        if (s.mid != NULL)
+            ng_interp_delete(s.mid);
+        if (s.other != NULL)
+            ng_interp_delete(s.other);
         return STOPPER_SETUP_FAILED;
     }
     int64_t handoff_ns = ng_mutex_set_handoff_ns(0);
     int failed = 0;
     s.sleeper = spawn_thread(stopper_sleeper_main, &s);
     s.forker = spawn_thread(stopper_forker_main, &s);
+    if (mid) {
+        s.staller = spawn_thread(stopper_staller_main, &s);
+        restart_hook_scene = &s;
+        ng_atomic_store(&ng_test_fork_restart_hook, stopper_restart_hook, NG_RELAXED);
+    }
+    else
+        s.staller_ready = 1;
     SPIN_UNTIL(ng_atomic_load(&s.sleeper_ready, NG_ACQUIRE) != 0 &&
-               ng_atomic_load(&s.forker_ready, NG_ACQUIRE) != 0);
+               ng_atomic_load(&s.forker_ready, NG_ACQUIRE) != 0 &&
+               ng_atomic_load(&s.staller_ready, NG_ACQUIRE) != 0);
     bool ready = ng_atomic_load(&s.sleeper_ready, NG_ACQUIRE) == 1 &&
-                 ng_atomic_load(&s.forker_ready, NG_ACQUIRE) == 1;
+                 ng_atomic_load(&s.forker_ready, NG_ACQUIRE) == 1 &&
+                 ng_atomic_load(&s.staller_ready, NG_ACQUIRE) == 1;
     ng_mutex *lock = s.lock = stopper_lock_of(&s);
-    if (kind == HOLDS_STW)
+    bool holds_stw = kind == HOLDS_STW || mid;
+    if (holds_stw)
         ready = ready && ng_stop_the_world(s.other, NULL) == NG_OK;
     else if (kind != HOLDS_STOP)
         ng_mutex_lock(lock);
@@ -256,9 +349,15 @@ static int stopper_scene_run(enum stopper_lock kind)
     ng_atomic_store(&s.stop_go, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s.stopped, NG_ACQUIRE) != 0 ||
                ng_atomic_load(&s.forker_ready, NG_ACQUIRE) == 2);
-    ready = ready && ng_atomic_load(&s.stopped, NG_ACQUIRE) == 1 &&
-            state_of(sleeper_ts) == NG_TSTATE_SUSPENDED;
-    if (kind == HOLDS_STW)
+    ready = ready && ng_atomic_load(&s.stopped, NG_ACQUIRE) == 1;
+    if (mid) {
+        /* The handler stops `in` (the sleeper is suspended), then waits in `mid`'s stop. */
+        ng_atomic_store(&s.fork_go, 1, NG_RELEASE);
+        ready = ready && WAIT_UNTIL(state_of(sleeper_ts) == NG_TSTATE_SUSPENDED, PATIENCE_MS);
+    }
+    else
+        ready = ready && state_of(sleeper_ts) == NG_TSTATE_SUSPENDED;
+    if (holds_stw)
         ready = ng_start_the_world(s.other) == NG_OK && ready;
     else if (kind != HOLDS_STOP)
         ng_mutex_unlock(lock);
@@ -271,19 +370,27 @@ static int stopper_scene_run(enum stopper_lock kind)
     if (!ready)
         failed |= STOPPER_SETUP_FAILED;
     ng_atomic_store(&s.fork_go, 1, NG_RELEASE);
+    ng_atomic_store(&s.staller_release, 1, NG_RELEASE);
     if (ng_atomic_load(&s.stopped, NG_ACQUIRE) == 1 &&
         !WAIT_UNTIL(ng_atomic_load(&s.forked, NG_ACQUIRE), FORK_PATIENCE_MS)) {
         /* Rescue: restart the world from here, so the sleeper goes on, lets the lock go, and
          * the handler can get it. */
         failed |= STOPPER_FORK_HUNG;
-        ng_start_the_world(s.in);
+        if (s.forker_holds)
+            ng_start_the_world(s.in);
     }
     ng_atomic_store(&s.sleeper_release, 1, NG_RELEASE);
     join_thread(s.forker);
     join_thread(s.sleeper);
-    failed |= s.forker_failed | s.sleeper_failed;
+    ng_atomic_store(&s.staller_done, 1, NG_RELEASE);
+    if (mid) {
+        join_thread(s.staller);
+        ng_atomic_store(&ng_test_fork_restart_hook, NULL, NG_RELAXED);
+        restart_hook_scene = NULL;
+    }
+    failed |= s.forker_failed | s.sleeper_failed | s.staller_failed;
     ng_mutex_set_handoff_ns(handoff_ns);
-    if (ng_interp_delete(s.in) != NG_OK ||
+    if (ng_interp_delete(s.in) != NG_OK || (s.mid != NULL && ng_interp_delete(s.mid) != NG_OK) ||
         (s.other != NULL && ng_interp_delete(s.other) != NG_OK))
         failed |= STOPPER_SETUP_FAILED;
     return failed;
@@ -354,4 +461,21 @@ TEST(fork_stopper_other_world_held_stopped_by_a_thread_it_suspended)
     run_stopper_scene(stopper_stop_scene,
                       "another world held stopped by a thread the forking thread's own stop "
                       "suspended");
+}
+
+static int stopper_stw_mid_scene(void *arg)
+{
+    (void)arg;
+    return stopper_scene_run(HOLDS_STW_MID);
+}
+
+/* As above with another world's stw.mutex, but the world the thread is suspended in is
+ * stopped by the fork handler itself, which restarts it in the parent: the borrowed world
+ * must be restarted first, or the thread, let go, begins its stop of it and the handler's
+ * late restart undoes that stop. */
+TEST(fork_stopper_other_worlds_stop_handed_to_a_thread_the_handler_suspended)
+{
+    run_stopper_scene(stopper_stw_mid_scene,
+                      "another world's stw.mutex handed to a thread that the fork handler's "
+                      "own stop suspended");
 }
