@@ -18,10 +18,15 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "delayed_free_internal.h"
 #include "fork_helpers.h"
 #include "tstate_helpers.h"
+
+/* How long the scene waits for the child of the entry's fork: well within the scene process's
+ * alarm (CHILD_ALARM_S), so that a hung child is killed before that process dies. */
+#define GRANDCHILD_PATIENCE_MS 8000
 
 enum {
     DFORK_SETUP_FAILED = 1 << 0,
@@ -82,6 +87,9 @@ static void dfork_entry(void *arg)
     pid_t pid = fork();
     if (pid == 0) {
         alarm(CHILD_ALARM_S);
+        /* Dies with the forking thread (the scene's process ended by its alarm, or the
+         * runner by its watchdog): no orphan keeps the run's output pipe open. */
+        (void)prctl(PR_SET_PDEATHSIG, SIGKILL);
         s->in_child = 1;
         return;
     }
@@ -190,7 +198,9 @@ static int dfork_parent_checks(struct dfork_scene *s)
     int failed = 0;
     if (ng_atomic_load(&s->forks, NG_RELAXED) != 1 || s->child <= 0)
         return DFORK_NO_FORK;
-    int status = wait_child(s->child, CHILD_PATIENCE_MS);
+    /* Well within the alarm of the scene's process: a child that hangs in the fork's child
+     * handlers (before its own alarm is set) is killed here, not left orphaned. */
+    int status = wait_child(s->child, GRANDCHILD_PATIENCE_MS);
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
         failed |= DFORK_CHILD_FAILED;
     if (ng_atomic_load(&s->runs, NG_RELAXED) != DFORK_BEFORE + DFORK_AFTER ||

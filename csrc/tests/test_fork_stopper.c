@@ -26,6 +26,9 @@
 
 /* How long the main thread lets the fork run before it calls it hung and rescues it. */
 #define FORK_PATIENCE_MS 5000
+/* How long the forking thread waits for its own child: with FORK_PATIENCE_MS, well within
+ * the alarm of the scene's process, so that the child is killed before that process dies. */
+#define GRANDCHILD_PATIENCE_MS 8000
 
 enum {
     STOPPER_SETUP_FAILED = 1 << 0,
@@ -213,9 +216,10 @@ static void *stopper_forker_main(void *arg)
         s->forker_failed |= STOPPER_LOCK_LOST;
     if (s->kind == HOLDS_STOP && !ng_world_stopped(s->other))
         s->forker_failed |= STOPPER_LOCK_LOST;
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0)
+    /* Killed when late: a child that hangs in the fork's child handlers, before its alarm is
+     * set, would otherwise outlive this process (whose own alarm comes first). */
+    int status = pid < 0 ? -1 : wait_child(pid, GRANDCHILD_PATIENCE_MS);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
         s->forker_failed |= STOPPER_CHILD_FAILED;
     /* NG_EINVAL when the main thread had to rescue a hung fork (it restarted the world);
      * that failure is reported as the hang. */
