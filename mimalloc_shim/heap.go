@@ -278,10 +278,8 @@ func (h *Heap) Realloc(p unsafe.Pointer, size uintptr) (unsafe.Pointer, error) {
 
 // Free frees a block of any heap of any thread state from the heap's bound goroutine (the
 // state must be attached). A block of a page this heap's thread owns is pushed on the page's
-// local free list in Go, without a cgo call (the Go spelling of the C inline ng_mi_free), or,
-// while the thread's object heaps are large, into the thread's deferred-free buffer
-// (nogil/alloc.h, ng_mi_dfree), which C hands to the pages every 16 frees; the page that
-// becomes empty, and every other block, go through C. A nil p is ignored.
+// local free list in Go, without a cgo call (the Go spelling of the C inline ng_mi_free);
+// the page that becomes empty, and every other block, go through C. A nil p is ignored.
 //
 // Other goroutines use the package-level Free. Freeing a pointer the allocator did not hand
 // out, or freeing a block twice, is undefined (as with free(3)) except in the nogil_debug
@@ -304,38 +302,19 @@ func (h *Heap) Free(p unsafe.Pointer) error {
 	}
 	if !debugBuild && h != nil && h.ts.State() == nogil.Attached && h.token.IsCurrent() && !h.busy {
 		seg := segmentOf(p)
-		// Relaxed in C (ng_mi_free): only the owner stores its own id there; any other
-		// value, however stale, takes the out-of-line path, right for every owner.
-		if atomic.LoadUint64(&seg.threadID) == h.tid {
-			// Our segment: we (this OS thread) wrote its dfree byte and owner last, so the
-			// plain reads and the buffer's stores race with nothing (ng_mi_dfree_push_owned).
-			if seg.dfree != 0 {
-				d := seg.owner
-				n := d.n
-				d.blocks[n&(dfreeN-1)] = p // n < dfreeN: the mask only drops the bounds check
-				d.n = n + 1
-				if n+1 == dfreeN {
-					// Full: C hands the blocks to their pages. One cgo call per 16 frees
-					// measured no slower than the same loop written in Go (see the
-					// commit), and the flush stays in one place.
-					C.ng_mi_dfree_flush((*C.ng_mi_dfree)(unsafe.Pointer(d)))
-				}
-				return nil
+		page := seg.pageOf(p)
+		if atomic.LoadUint64(&seg.threadID) == h.tid && page.flags == 0 {
+			*(*unsafe.Pointer)(unsafe.Add(p, page.linkOffset)) = page.localFree
+			page.localFree = p
+			page.used--
+			if page.used == 0 {
+				C.ng_mi_page_retire((*C.ng_mi_page)(unsafe.Pointer(page)))
 			}
-			page := seg.pageOf(p)
-			if page.flags == 0 {
-				*(*unsafe.Pointer)(unsafe.Add(p, page.linkOffset)) = page.localFree
-				page.localFree = p
-				page.used--
-				if page.used == 0 {
-					C.ng_mi_page_retire((*C.ng_mi_page)(unsafe.Pointer(page)))
-				}
-				return nil
-			}
+			return nil
 		}
 		// Another thread's page, a full or huge page: the out-of-line path, which only
 		// needs the block (any thread may call it).
-		C.ng_mi_free_generic((*C.ng_mi_segment)(unsafe.Pointer(seg)), (*C.ng_mi_page)(unsafe.Pointer(seg.pageOf(p))), p)
+		C.ng_mi_free_generic((*C.ng_mi_segment)(unsafe.Pointer(seg)), (*C.ng_mi_page)(unsafe.Pointer(page)), p)
 		return nil
 	}
 	if err := h.check("Free"); err != nil {

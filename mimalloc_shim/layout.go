@@ -1,7 +1,6 @@
 package mimalloc_shim
 
 /*
-#include <stddef.h>
 #include "nogil.h"
 
 // Constants the Go views are built from (cgo reads enum values; the macros cast to size_t).
@@ -14,20 +13,6 @@ enum {
 	ng_go_mi_small_max = NG_MI_SMALL_MAX,
 	ng_go_mi_medium_max = NG_MI_MEDIUM_MAX,
 	ng_go_mi_large_max = NG_MI_LARGE_MAX,
-	ng_go_mi_dfree_n = NG_MI_DFREE_N,
-};
-
-// Offsets of the deferred-free fields, for TestLayoutGoMatchesC (cside.go has the others).
-enum {
-	ng_go_mi_off_segment_dfree = offsetof(ng_mi_segment, dfree),
-	ng_go_mi_off_segment_owner = offsetof(ng_mi_segment, owner),
-	ng_go_mi_size_segment_owner = sizeof(((ng_mi_segment *)0)->owner),
-	ng_go_mi_off_dfree_n = offsetof(ng_mi_dfree, n),
-	ng_go_mi_size_dfree_n = sizeof(((ng_mi_dfree *)0)->n),
-	ng_go_mi_off_dfree_on = offsetof(ng_mi_dfree, on),
-	ng_go_mi_off_dfree_blocks = offsetof(ng_mi_dfree, blocks),
-	ng_go_mi_len_dfree_blocks = sizeof(((ng_mi_dfree *)0)->blocks) / sizeof(void *),
-	ng_go_mi_size_dfree = sizeof(ng_mi_dfree),
 };
 */
 import "C"
@@ -57,23 +42,9 @@ const (
 	GCPrePrefix = uintptr(C.ng_go_mi_gc_pre_prefix)
 
 	directWSize = int(C.ng_go_mi_direct_wsize)
-	dfreeN      = uint32(C.ng_go_mi_dfree_n) // ng_mi_dfree.blocks; a power of two (layout test)
-	pageInFull  = C.NG_MI_PAGE_IN_FULL       // ng_mi_page.flags
+	pageInFull  = C.NG_MI_PAGE_IN_FULL // ng_mi_page.flags
 	pageHuge    = C.NG_MI_PAGE_HUGE
 	segmentMask = SegmentSize - 1
-)
-
-// The C compiler's layout of the deferred-free fields (TestLayoutGoMatchesC).
-const (
-	layoutSegDfree       = uintptr(C.ng_go_mi_off_segment_dfree)
-	layoutSegOwner       = uintptr(C.ng_go_mi_off_segment_owner)
-	layoutSegOwnerSize   = uintptr(C.ng_go_mi_size_segment_owner)
-	layoutDfreeN         = uintptr(C.ng_go_mi_off_dfree_n)
-	layoutDfreeNSize     = uintptr(C.ng_go_mi_size_dfree_n)
-	layoutDfreeOn        = uintptr(C.ng_go_mi_off_dfree_on)
-	layoutDfreeBlocks    = uintptr(C.ng_go_mi_off_dfree_blocks)
-	layoutDfreeBlocksLen = uintptr(C.ng_go_mi_len_dfree_blocks)
-	layoutDfreeSize      = uintptr(C.ng_go_mi_size_dfree)
 )
 
 // Go views of the C structures the fast paths read and write. They mirror ng_mi_page,
@@ -113,31 +84,18 @@ type segmentView struct {
 	pageShift uint32
 	kind      uint8
 	heapKind  uint8
-	dfree     uint8 // owner only: the owner's frees go to its deferred-free buffer
+	dfree     uint8 // owner only: the owner's frees go to its deferred-free buffer (C's)
 	reserved0 uint8
-	// Private to the C allocator from here on, but for owner.
-	size      uintptr
-	pageCount uint32
-	pagesUsed uint32
-	// The owning heap set (ng_mi_thread), nil while abandoned. The set begins with its
-	// deferred-free buffer, which is all Heap.Free reads through it, and only on a segment
-	// of its own thread whose dfree byte is set.
-	owner      *dfreeView
+	// Private to the C allocator from here on.
+	size       uintptr
+	pageCount  uint32
+	pagesUsed  uint32
+	owner      uintptr
 	prev, next uintptr
 	allNext    uintptr
 	cookie     uint64
 	reserved1  [2]uint64
 	// pages []pageView follows
-}
-
-// dfreeView is ng_mi_dfree, the owner's deferred frees (nogil/alloc.h explains the buffer and
-// its invariants): blocks freed by the owner thread into its own object heaps, still counted
-// in their pages' used until a flush hands them over. Owner only (or a stopper of the owner).
-type dfreeView struct {
-	n      uint32
-	on     uint8 // C's bool; mirrored in the dfree byte of the set's object segments
-	_      [3]uint8
-	blocks [dfreeN]unsafe.Pointer
 }
 
 // heapView is ng_mi_heap.

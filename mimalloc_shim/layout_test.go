@@ -52,34 +52,6 @@ func TestLayoutGoMatchesC(t *testing.T) {
 			t.Errorf("%s: Go view %d, C %d", c.name, c.got, want)
 		}
 	}
-
-	// The deferred-free buffer Heap.Free pushes into (C's numbers from layout.go).
-	var df dfreeView
-	dfree := []struct {
-		name      string
-		got, want uintptr
-	}{
-		{"offsetof(ng_mi_segment, dfree)", unsafe.Offsetof(sg.dfree), layoutSegDfree},
-		{"sizeof(ng_mi_segment.dfree)", unsafe.Sizeof(sg.dfree), 1},
-		{"offsetof(ng_mi_segment, owner)", unsafe.Offsetof(sg.owner), layoutSegOwner},
-		{"sizeof(ng_mi_segment.owner)", unsafe.Sizeof(sg.owner), layoutSegOwnerSize},
-		{"offsetof(ng_mi_dfree, n)", unsafe.Offsetof(df.n), layoutDfreeN},
-		{"sizeof(ng_mi_dfree.n)", unsafe.Sizeof(df.n), layoutDfreeNSize},
-		{"offsetof(ng_mi_dfree, on)", unsafe.Offsetof(df.on), layoutDfreeOn},
-		{"offsetof(ng_mi_dfree, blocks)", unsafe.Offsetof(df.blocks), layoutDfreeBlocks},
-		{"len(ng_mi_dfree.blocks)", uintptr(len(df.blocks)), layoutDfreeBlocksLen},
-		{"NG_MI_DFREE_N", uintptr(dfreeN), layoutDfreeBlocksLen},
-		{"sizeof(ng_mi_dfree)", unsafe.Sizeof(df), layoutDfreeSize},
-	}
-	for _, c := range dfree {
-		if c.got != c.want {
-			t.Errorf("%s: Go view %d, C %d", c.name, c.got, c.want)
-		}
-	}
-	// Heap.Free masks the index with dfreeN-1.
-	if dfreeN == 0 || dfreeN&(dfreeN-1) != 0 {
-		t.Errorf("NG_MI_DFREE_N = %d: Heap.Free needs a power of two", dfreeN)
-	}
 }
 
 // The semantics behind the offsets, on live heaps: Go finds the same page descriptor as C
@@ -149,23 +121,6 @@ func TestLayoutSemantics(t *testing.T) {
 			if debugBuild {
 				must(t, "Free", h.Free(a))
 				must(t, "Free", h.Free(b))
-			} else if seg := segmentOf(a); seg.dfree != 0 {
-				// The set buffers (an object heap spans a second segment: the large block
-				// above): the frees go to the buffer the segment's owner begins with, in
-				// order, and the page still counts them. Collect empties it first.
-				if kind == Mem {
-					t.Errorf("mem: segment's dfree byte is set")
-				}
-				must(t, "Collect", h.Collect(false))
-				before := pa.used
-				must(t, "Free", h.Free(a))
-				must(t, "Free", h.Free(b))
-				if d := seg.owner; d.n != 2 || d.blocks[0] != a || d.blocks[1] != b || d.on == 0 {
-					t.Errorf("%v: buffer n=%d on=%d [%p %p], want 2 1 [%p %p]", kind, d.n, d.on, d.blocks[0], d.blocks[1], a, b)
-				}
-				if pa.used != before || cPageUsed(a) != before {
-					t.Errorf("%v: used %d (C %d), want %d (buffered blocks stay counted)", kind, pa.used, cPageUsed(a), before)
-				}
 			} else {
 				before := pa.used
 				must(t, "Free", h.Free(a))
