@@ -240,11 +240,17 @@ static int64_t watched_deadline_ns;
 static int64_t watchdog_limit_s;
 /* Tallies, shared with the watchdog so an aborted run still ends with its summary line. */
 static int tests_passed, tests_failed;
+/* Set by the watchdog once it runs: its start-up allocates (the sanitizers' thread set-up
+ * does), and a test that forked meanwhile would leave its child an allocator lock that no
+ * thread there will ever release. */
+static bool watchdog_started;
 
 static void *watchdog_main(void *unused)
 {
     (void)unused;
     pthread_mutex_lock(&watchdog_lock);
+    watchdog_started = true;
+    pthread_cond_broadcast(&watchdog_cond);
     for (;;) {
         if (watched_test != NULL && now_ns() >= watched_deadline_ns) {
             printf("FAIL %s\n", watched_test);
@@ -306,6 +312,10 @@ int main(int argc, char **argv)
     if (limit_env != NULL && atoll(limit_env) > 0)
         watchdog_limit_s = atoll(limit_env);
     spawn_thread(watchdog_main, NULL);
+    pthread_mutex_lock(&watchdog_lock);
+    while (!watchdog_started)
+        pthread_cond_wait(&watchdog_cond, &watchdog_lock);
+    pthread_mutex_unlock(&watchdog_lock);
 
     for (int i = 0; i < test_count; i++) {
         if (!selected(tests[i].name, argc, argv))
