@@ -10,9 +10,10 @@ package cgosymbolizer
 #include <stdint.h>
 #include "cgosymbolizer.h"
 
-// For the package's tests: runs the traceback function outside a signal handler, one C
-// frame below the cgo wrapper, and returns the number of frames recorded. (Returning a
-// value keeps the cgo wrapper from tail-calling it, so the wrapper keeps its frame.)
+// Runs the traceback function outside a signal handler, one C frame below the cgo wrapper,
+// and returns the number of frames recorded: for init (see cgoReturn) and the package's
+// tests. (Returning a value keeps the cgo wrapper from tail-calling it, so the wrapper keeps
+// its frame.)
 __attribute__((noinline)) int nogilcsym_test_traceback(uintptr_t *buf, uintptr_t max)
 {
 	struct nogilcsym_traceback_arg arg = {0, 0, buf, max};
@@ -27,16 +28,34 @@ import "C"
 
 import (
 	"runtime"
+	"strings"
 	"unsafe"
 )
 
 func init() {
 	C.nogilcsym_init()
+	if runtime.GOARCH == "arm64" { // amd64's walk ends before it (cgoReturn)
+		C.nogilcsym_set_cgo_return(C.uintptr_t(cgoReturn()))
+	}
 	runtime.SetCgoTraceback(0, unsafe.Pointer(C.nogilcsym_traceback), nil, unsafe.Pointer(C.nogilcsym_symbolizer))
 }
 
+// cgoReturn finds the return address into runtime.asmcgocall from the cgo wrapper it calls,
+// where the walk must end (see cgo_return in traceback.c), in a traceback taken from C before
+// that end is known; 0 when the walk does not get that far (amd64, where the wrapper's saved
+// frame pointer leads to the goroutine stack and ends the walk before it).
+func cgoReturn() uintptr {
+	for _, pc := range testTraceback() {
+		if f := runtime.FuncForPC(pc); f != nil && strings.HasPrefix(f.Name(), "runtime.asmcgocall") {
+			return pc + 1 // the walk records return addresses minus one
+		}
+	}
+	return 0
+}
+
 // The rest of this file exists for the package's tests (cgo is not allowed in _test.go
-// files). The linker drops it from programs that only blank-import the package.
+// files) and, on arm64, for cgoReturn. Elsewhere the linker drops it from programs that
+// only blank-import the package.
 
 // frame is one answer of the symbolizer.
 type frame struct {

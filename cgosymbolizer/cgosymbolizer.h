@@ -38,6 +38,13 @@ void nogilcsym_init(void);
 // ucontext_*.c: extracts pc, stack pointer and frame pointer from the ucontext_t that a
 // signal handler received. Returns 0 when it cannot.
 int nogilcsym_ucontext_regs(uintptr_t uc, uintptr_t *pc, uintptr_t *sp, uintptr_t *fp);
+#if defined(__aarch64__)
+// The link register (x30) of the interrupted thread. Returns 0 when it cannot.
+int nogilcsym_ucontext_lr(uintptr_t uc, uintptr_t *lr);
+#endif
+
+// traceback.c: the return address into runtime.asmcgocall, where the walk ends (0: unknown).
+void nogilcsym_set_cgo_return(uintptr_t ret);
 
 // elfsym.c: a lock-free, allocation-free lookup in the main executable's own ELF
 // symbol table (.symtab, which holds static functions too), mapped at init.

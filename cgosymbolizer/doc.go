@@ -35,8 +35,8 @@
 // for instance) makes the program panic during initialization.
 //
 // The package does something only on linux/amd64 and linux/arm64 with cgo enabled; on
-// other platforms, and with CGO_ENABLED=0, importing it has no effect. linux/arm64 is
-// built but not exercised by this package's tests.
+// other platforms, and with CGO_ENABLED=0, importing it has no effect. The package's tests
+// pass on linux/arm64 too (cross-compiled, run under qemu-user).
 //
 // # Build tag nogil_libdw: file and line numbers
 //
@@ -83,7 +83,8 @@
 //   - Leaf functions, which gcc builds without a frame even with -fno-omit-frame-pointer,
 //     and functions interrupted in their prologue or epilogue: on amd64 the walk finds
 //     their caller by looking above the stack pointer for the return address of a direct
-//     call to them. On arm64 that caller is missing from the trace.
+//     call to them; on arm64 (where gcc gives leaves no frame record even at -O0) it takes
+//     the link register when the instruction before it is a direct call to them.
 //   - Shared libraries such as libc are usually built without frame pointers. When the
 //     thread is interrupted in one, the walk (amd64) looks for the return address into the
 //     executable after a call through the PLT or GOT, so "malloc" is followed by the C

@@ -31,6 +31,19 @@ enum {
 	MIN_PC = 4096,
 };
 
+// The return address into runtime.asmcgocall from the C function it calls (the cgo
+// wrapper), or 0 if unknown. On arm64 asmcgocall loads the system stack's saved frame pointer
+// into x29 before the call, so the wrapper's frame record does not lead to the goroutine
+// stack, as it does on amd64, but to a frame that looks valid (or ends the chain with 0),
+// and the walk would record the return into asmcgocall. Set once by the package's init
+// (nogilcsym_set_cgo_return), before the traceback function is registered.
+static uintptr_t cgo_return;
+
+void nogilcsym_set_cgo_return(uintptr_t ret)
+{
+	__atomic_store_n(&cgo_return, ret, __ATOMIC_RELAXED);
+}
+
 // A tiny cache of pages already proven readable during one walk.
 struct page_cache {
 	uintptr_t page[2];
@@ -73,6 +86,8 @@ static int word_readable(struct page_cache *c, uintptr_t addr)
 static uintptr_t walk(struct page_cache *cache, uintptr_t *buf, uintptr_t n, uintptr_t max,
                       uintptr_t fp, uintptr_t low)
 {
+	uintptr_t boundary = __atomic_load_n(&cgo_return, __ATOMIC_RELAXED);
+
 	if (fp == 0 || (fp & (sizeof(uintptr_t) - 1)) != 0 || fp < low || fp - low > MAX_FRAME_BYTES)
 		return n;
 	while (n < max) {
@@ -82,7 +97,7 @@ static uintptr_t walk(struct page_cache *cache, uintptr_t *buf, uintptr_t n, uin
 			break;
 		next = ((const uintptr_t *)fp)[0];
 		ret = ((const uintptr_t *)fp)[1];
-		if (ret < MIN_PC)
+		if (ret < MIN_PC || ret == boundary)
 			break;
 		if (next == 0) {
 			// The outermost frame of a thread (glibc zeroes the frame pointer at thread start).
@@ -184,6 +199,36 @@ static uintptr_t interrupted_return(struct page_cache *c, uintptr_t pc, uintptr_
 	}
 	return 0;
 }
+#elif defined(__aarch64__)
+enum {
+	LEAF_MAX_BYTES = 64 << 10, // how far into its function pc may be
+};
+
+// Finds the return address of an interrupted function that has not saved its frame record:
+// a leaf (gcc omits the record in leaves on arm64 even at -O0 with -fno-omit-frame-pointer)
+// or a function in its prologue or epilogue. Its return address is still in the link
+// register, and x29 is still its caller's frame, so the walk would skip the caller. The link
+// register is taken when the instruction before it is a direct call (BL) to a function that
+// starts at most LEAF_MAX_BYTES before pc, and it does not lie between that function's start
+// and pc: a function that has its frame and has made calls holds in lr a return into itself,
+// after a call to some other function. Returns 0 when lr does not qualify.
+static uintptr_t interrupted_return(uintptr_t pc, uintptr_t lr)
+{
+	uint32_t insn;
+	uintptr_t target;
+	int64_t imm;
+
+	if (lr < MIN_PC || (lr & 3) != 0 || !nogilcsym_in_exe_text(pc) || !nogilcsym_in_exe_text(lr - 4))
+		return 0;
+	__builtin_memcpy(&insn, (const void *)(lr - 4), sizeof insn);
+	if ((insn & 0xfc000000u) != 0x94000000u) // BL imm26
+		return 0;
+	imm = (int64_t)((uint64_t)(insn & 0x03ffffffu) << 38) >> 36; // sign-extended, times 4
+	target = lr - 4 + (uintptr_t)imm;
+	if (target > pc || pc - target >= LEAF_MAX_BYTES || (lr >= target && lr <= pc))
+		return 0;
+	return lr;
+}
 #endif
 
 void nogilcsym_traceback(void *p)
@@ -211,6 +256,15 @@ void nogilcsym_traceback(void *p)
 #if defined(__x86_64__)
 			uintptr_t r = interrupted_return(&cache, pc, sp, fp);
 			// Skip it if the frame walk is going to find it anyway.
+			if (r != 0 && n < max &&
+			    !(fp >= sp && (fp & 7) == 0 && word_readable(&cache, fp + 8) && ((const uintptr_t *)fp)[1] == r))
+				buf[n++] = r - 1;
+#elif defined(__aarch64__)
+			uintptr_t lr, r = 0;
+			if (nogilcsym_ucontext_lr(arg->sig_context, &lr))
+				r = interrupted_return(pc, lr);
+			// Skip it if the frame walk is going to find it anyway (the function saved its
+			// frame record and has called nothing since: lr is still its return address).
 			if (r != 0 && n < max &&
 			    !(fp >= sp && (fp & 7) == 0 && word_readable(&cache, fp + 8) && ((const uintptr_t *)fp)[1] == r))
 				buf[n++] = r - 1;

@@ -2,7 +2,6 @@
 
 // Registers of the interrupted thread on linux/arm64 (x29 is the frame pointer; the frame
 // record it points at holds the caller's x29 and the return address, as on amd64).
-// Not exercised by this package's tests, which run on linux/amd64 only.
 
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -17,5 +16,13 @@ int nogilcsym_ucontext_regs(uintptr_t uc, uintptr_t *pc, uintptr_t *sp, uintptr_
 	*pc = (uintptr_t)u->uc_mcontext.pc;
 	*sp = (uintptr_t)u->uc_mcontext.sp;
 	*fp = (uintptr_t)u->uc_mcontext.regs[29];
+	return 1;
+}
+
+int nogilcsym_ucontext_lr(uintptr_t uc, uintptr_t *lr)
+{
+	const ucontext_t *u = (const ucontext_t *)uc;
+
+	*lr = (uintptr_t)u->uc_mcontext.regs[30];
 	return 1;
 }
