@@ -231,14 +231,12 @@ func TestAllocbenchChildRSS(t *testing.T) {
 // TestAllocbenchGlibcCheck: a malloc interposed with LD_PRELOAD (here Debian's libmimalloc,
 // which exports malloc and free) makes the glibc rows fail instead of measuring it.
 func TestAllocbenchGlibcCheck(t *testing.T) {
-	var lib string
-	for _, p := range []string{"/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", "/usr/lib/aarch64-linux-gnu/libmimalloc.so.2"} {
-		if _, err := os.Stat(p); err == nil {
-			lib = p
-		}
-	}
-	if lib == "" {
-		t.Skip("no libmimalloc.so.2 to preload")
+	// The library of this binary's architecture: one of another (an amd64 host's, when this
+	// arm64 binary runs under qemu-user) would not load, and the row would measure glibc.
+	multiarch := map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}[runtime.GOARCH]
+	lib := "/usr/lib/" + multiarch + "/libmimalloc.so.2"
+	if _, err := os.Stat(lib); multiarch == "" || err != nil {
+		t.Skipf("no %s libmimalloc.so.2 to preload", runtime.GOARCH)
 	}
 	t.Setenv("LD_PRELOAD", lib)
 	_, err := runChildProcess(context.Background(), childSpec{Alloc: allocGlibc, Bench: benchWindow,
