@@ -220,16 +220,19 @@ static int dfork_parent_checks(struct dfork_scene *s)
     return failed;
 }
 
-/* The forking entry runs from the thread's own queue (a checkpoint's processing). */
-static int dfork_own_queue_scene(void *arg)
+/* The forking entry runs from the thread's own queue (a checkpoint's processing), or, with
+ * `interp_queue`, from the interpreter's queue: the thread hands its queue over and processes
+ * it at once, as a release does (ng_delayed_abandon with itself as the caller). */
+static int dfork_scene_run(bool interp_queue)
 {
-    (void)arg;
     struct dfork_scene *s = &dfork;
     int failed = dfork_setup(s);
     if (failed) {
         ng_atomic_store(&s->peer_stop, 1, NG_RELEASE);
         return failed;
     }
+    if (interp_queue)
+        ng_delayed_abandon(s->ts, s->ts);
     for (int i = 0; i < 3 && ng_atomic_load(&s->runs, NG_RELAXED) < DFORK_BEFORE + DFORK_AFTER;
          i++)
         dfork_flush(s->ts);
@@ -238,24 +241,16 @@ static int dfork_own_queue_scene(void *arg)
     return dfork_parent_checks(s);
 }
 
-/* The forking entry runs from the interpreter's queue: the thread hands its queue over and
- * processes it at once, as a release does (ng_delayed_abandon with itself as the caller). */
+static int dfork_own_queue_scene(void *arg)
+{
+    (void)arg;
+    return dfork_scene_run(false);
+}
+
 static int dfork_interp_queue_scene(void *arg)
 {
     (void)arg;
-    struct dfork_scene *s = &dfork;
-    int failed = dfork_setup(s);
-    if (failed) {
-        ng_atomic_store(&s->peer_stop, 1, NG_RELEASE);
-        return failed;
-    }
-    ng_delayed_abandon(s->ts, s->ts);
-    for (int i = 0; i < 3 && ng_atomic_load(&s->runs, NG_RELAXED) < DFORK_BEFORE + DFORK_AFTER;
-         i++)
-        dfork_flush(s->ts);
-    if (s->in_child)
-        _exit(dfork_child_checks(s));
-    return dfork_parent_checks(s);
+    return dfork_scene_run(true);
 }
 
 static void run_dfork_scene(int (*scene)(void *), const char *what)
