@@ -39,6 +39,10 @@
  * another world stopped (it stopped it, then was suspended at a checkpoint or in a wait):
  * that stop is complete and cannot end before ours, so the handler takes the world as
  * stopped; the parent leaves it to its holder, and the child resets it as one of its own.
+ * Not recognised, so the handler still retries while they last: such a holder that waits
+ * in ng_gil_take (GIL enabled, the forking thread holding the GIL) rather than parked on its
+ * state word, and a suspended holder in an interpreter already taken off the list by its
+ * deletion.
  *
  * Extensions (ng_ext_hooks in nogil/tstate.h: the page allocator) hear about the fork here
  * too, at the points that header documents: their before_fork after the stops (their locks
