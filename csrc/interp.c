@@ -371,31 +371,58 @@ static bool held_still_by_us(ng_interp *in)
     return ng_stw_stopped_by_me(in) || (NG_INTERP_IMPL(in)->fork_borrowed & NG_FORK_BORROWED_STOP);
 }
 
-/* Whether `m` is held by a thread that got it in ng_lock_detach and waits to attach a state
- * that a stop held still by the calling thread has suspended. That thread cannot use `m`,
- * nor release it, before the restart, which only the caller can make: the fork handler
- * counts `m` as taken. Under all_interps_lock. */
-static bool held_by_suspended_thread(ng_mutex *m)
+/* Whether `pred` holds for a thread state of a world held still by the calling thread (the
+ * only worlds whose SUSPENDED states cannot move before it restarts them). Under
+ * all_interps_lock. */
+static bool any_state_held_still(bool (*pred)(ng_tstate *ts, const void *arg), const void *arg)
 {
     for (ng_interp *in = all_interps; in != NULL; in = in->all_next) {
         if (!held_still_by_us(in))
             continue;
         bool found = false;
         ng_lock_nodetach(&in->head_lock);
-        for (ng_tstate *ts = in->threads; ts != NULL && !found; ts = ts->next) {
-            /* Acquire on the state word: SUSPENDED in a world held still by us stays so until
-             * we restart, and the owner's clearing of locked_unattached, if it came before
-             * the suspension, is then visible (see ng_lock_detach). Acquire on the lock word:
-             * pairs with ng_lock_detach's release store, so the earlier holders' changes
-             * under `m` are visible to us, who take it over. */
-            found = ng_atomic_load(&ts->state, NG_ACQUIRE) == NG_TSTATE_SUSPENDED &&
-                    ng_atomic_load(&NG_TSTATE_IMPL(ts)->locked_unattached, NG_ACQUIRE) == m;
-        }
+        for (ng_tstate *ts = in->threads; ts != NULL && !found; ts = ts->next)
+            found = pred(ts, arg);
         ng_mutex_unlock(&in->head_lock);
         if (found)
             return true;
     }
     return false;
+}
+
+static bool state_holds_lock_unused(ng_tstate *ts, const void *m)
+{
+    /* Acquire on the state word: SUSPENDED in a world held still by us stays so until we
+     * restart, and the owner's clearing of locked_unattached, if it came before the
+     * suspension, is then visible (see ng_lock_detach). Acquire on the lock word: pairs with
+     * ng_lock_detach's release store, so the earlier holders' changes under `m` are visible
+     * to us, who take it over. */
+    return ng_atomic_load(&ts->state, NG_ACQUIRE) == NG_TSTATE_SUSPENDED &&
+           ng_atomic_load(&NG_TSTATE_IMPL(ts)->locked_unattached, NG_ACQUIRE) == m;
+}
+
+/* Whether `m` is held by a thread that got it in ng_lock_detach and waits to attach a state
+ * that a stop held still by the calling thread has suspended. That thread cannot use `m`,
+ * nor release it, before the restart, which only the caller can make: the fork handler
+ * counts `m` as taken. Under all_interps_lock. */
+static bool held_by_suspended_thread(ng_mutex *m)
+{
+    return any_state_held_still(state_holds_lock_unused, m);
+}
+
+static bool state_parked_holding_stop(ng_tstate *ts, const void *in)
+{
+    /* Only the owner parks on its state word, and a SUSPENDED one in a world held still by us
+     * stays parked until we restart. The parking lot's bucket lock orders the owner's earlier
+     * writes before the count, so the owner id below is the one it wrote last, or newer: it
+     * still equals the owner's id only if the owner still holds `in` stopped (the id goes
+     * back to 0 before stw.mutex is released, and thread ids are never reused). Relaxed loads
+     * otherwise: a SUSPENDED seen here cannot change any more (a stale value only makes us
+     * miss the case and retry), and the thread id was set before the state was published. */
+    return ng_atomic_load(&ts->state, NG_RELAXED) == NG_TSTATE_SUSPENDED &&
+           ng_parking_lot_waiters(&ts->state) > 0 &&
+           ng_atomic_load(&NG_INTERP_IMPL((ng_interp *)in)->stw_owner, NG_RELAXED) ==
+               ng_atomic_load(&ts->thread_id, NG_RELAXED);
 }
 
 /* Whether the thread that holds `in`'s world stopped is parked, waiting for the restart of a
@@ -406,34 +433,7 @@ static bool held_by_suspended_thread(ng_mutex *m)
  * all_interps_lock. */
 static bool stop_holder_suspended_by_us(ng_interp *in)
 {
-    if (!ng_world_stopped(in))
-        return false;
-    for (ng_interp *mine = all_interps; mine != NULL; mine = mine->all_next) {
-        if (!held_still_by_us(mine))
-            continue;
-        bool found = false;
-        ng_lock_nodetach(&mine->head_lock);
-        for (ng_tstate *ts = mine->threads; ts != NULL && !found; ts = ts->next) {
-            /* Only the owner parks on its state word, and a SUSPENDED one in a world held
-             * still by us stays parked until we restart. The parking lot's bucket lock
-             * orders the owner's earlier writes before the count, so the owner id below is
-             * the one it wrote last, or newer: it still equals the owner's id only if the
-             * owner still holds `in` stopped (the id goes back to 0 before stw.mutex is
-             * released, and thread ids are never reused). Relaxed loads otherwise: a
-             * SUSPENDED seen here cannot change any more (a stale value only makes us miss
-             * the case and retry), and the thread id was set before the state was
-             * published. */
-            if (ng_atomic_load(&ts->state, NG_RELAXED) != NG_TSTATE_SUSPENDED ||
-                ng_parking_lot_waiters(&ts->state) <= 0)
-                continue;
-            found = ng_atomic_load(&NG_INTERP_IMPL(in)->stw_owner, NG_RELAXED) ==
-                    ng_atomic_load(&ts->thread_id, NG_RELAXED);
-        }
-        ng_mutex_unlock(&mine->head_lock);
-        if (found)
-            return true;
-    }
-    return false;
+    return ng_world_stopped(in) && any_state_held_still(state_parked_holding_stop, in);
 }
 
 /* Stops every listed world but those this thread holds stopped itself (it restarts them),
