@@ -51,12 +51,6 @@ void ng_mi_thread_abandon(ng_mi_thread *t, bool fork_child)
             for (uint32_t i = 0; i < s->page_count; i++)
                 if (s->pages[i].in_use)
                     ng_mi_page_set_delayed(&s->pages[i], NG_MI_DELAY_NEVER, fork_child);
-    /* Buffered frees go to their pages while the segments are still ours (a fork child's
-     * survivor does it for a dead thread: the only thread left). After NEVER, not before:
-     * a flushed block of a full page unfulls it, and that waits out a freer's transient
-     * FREEING, which in a fork child may belong to a dead thread and never end; NEVER was
-     * set without waiting (fork_child), and unfull leaves NEVER alone. */
-    ng_mi_dfree_flush(&t->dfree);
     /* No freer can push onto our heaps' delayed lists any more. */
     for (int k = 0; k < NG_MI_HEAP_COUNT; k++)
         ng_mi_heap_drain_delayed(&t->heaps[k]);
@@ -132,9 +126,7 @@ static void adopt_segment(ng_mi_thread *t, ng_mi_segment *s)
     /* Relaxed: only we compare it with our own id; others take the slow path either way. */
     ng_atomic_store(&s->thread_id, t->thread_id, NG_RELAXED);
     s->owner = t;
-    ng_mi_segment_dfree_sync(s);
     ng_mi_seglist_push(&t->data[s->heap_kind].segments, s);
-    t->dfree_stale = true;
     s->pages_used++; /* keeps the segment while its pages are sorted out */
     for (uint32_t i = 0; i < s->page_count; i++) {
         ng_mi_page *page = &s->pages[i];

@@ -25,9 +25,6 @@
 
 /* ---- Test hooks -------------------------------------------------------------------------- */
 
-/* Nonzero: every heap set buffers its owner's frees, whatever its size (nogil/alloc.h,
- * ng_mi_dfree; set before the heaps it should apply to take a slow path). */
-extern int ng_mi_test_dfree_always;
 /* The next N segment mappings fail as if the kernel refused them (decremented atomically). */
 extern int ng_mi_test_fail_mmap;
 /* Bytes this allocator has mapped in the whole process (leak checks). */
@@ -103,11 +100,6 @@ typedef struct ng_mi_heap_data {
 struct ng_mi_interp;
 
 struct ng_mi_thread {
-    /* The owner's deferred frees (nogil/alloc.h). First, so that the inline push finds it
-     * from the segment's owner pointer alone. Pushed by the owner's frees; flushed by the
-     * owner (its object heaps' slow path, collect) and by the abandon (also a fork child's,
-     * for a dead thread); visitors and statistics read it. */
-    ng_mi_dfree dfree;
     ng_mi_heap heaps[NG_MI_HEAP_COUNT];
     ng_mi_heap_data data[NG_MI_HEAP_COUNT];
     ng_tstate *tstate;
@@ -118,26 +110,7 @@ struct ng_mi_thread {
     ng_mi_segment *huge;            /* this set's huge segments: under mi->lock */
     struct ng_mi_thread *prev, *next; /* mi->threads, under mi->lock */
     bool abandoning;                /* empty segments stay until the abandon decides */
-    /* An object heap's segment list changed since ng_mi_dfree_adapt last looked (or it
-     * never looked): the slow path runs it only then, not at every miss. */
-    bool dfree_stale;
-    int dfree_hook;                 /* ng_mi_test_dfree_always as adapt last saw it */
 };
-_Static_assert(offsetof(struct ng_mi_thread, dfree) == 0, "ng_mi_dfree_push_owned casts");
-
-/* Turns the set's buffering on while one of its object heaps spans more than one segment, off
- * otherwise (nogil/alloc.h, ng_mi_dfree), and sets its segments' dfree bytes to match; owner. */
-void ng_mi_dfree_adapt(ng_mi_thread *t);
-
-/* What a segment's dfree byte must say (nogil/alloc.h): its owner buffers and the segment
- * holds object-heap blocks of a small/medium/large kind. Whoever gives a segment an owner or
- * a heap kind, or changes `on`, calls it (the owner, or a thread acting for it); an abandoned
- * segment's byte is stale, and read by nobody: its thread id matches no thread. */
-static inline void ng_mi_segment_dfree_sync(ng_mi_segment *s)
-{
-    s->dfree = s->owner != NULL && s->owner->dfree.on && s->heap_kind != NG_MI_HEAP_MEM &&
-               s->kind != NG_MI_SEGMENT_HUGE;
-}
 
 /* The per-interpreter data (interp->ext[index]). */
 typedef struct ng_mi_interp {

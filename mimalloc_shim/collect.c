@@ -33,9 +33,6 @@ int ng_mi_heap_collect(ng_mi_heap *heap, bool force)
     ng_mi_thread *t = heap->thread;
     if (t->thread_id != ng_thread_id())
         return NG_EWRONGTHREAD;
-    /* Object heaps only: see ng_mi_heap_malloc_generic. */
-    if (heap->kind != NG_MI_HEAP_MEM)
-        ng_mi_dfree_flush(&t->dfree);
     ng_mi_heap_drain_delayed(heap);
     if (force) {
         ng_mi_reclaim(heap, SIZE_MAX, true);

@@ -158,66 +158,13 @@ int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p)
     return NG_OK;
 }
 
-int ng_mi_test_dfree_always;
-
-void ng_mi_dfree_adapt(ng_mi_thread *t)
-{
-    int hook = ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED);
-    bool big = hook != 0;
-    for (int k = NG_MI_HEAP_OBJECT; k < NG_MI_HEAP_COUNT && !big; k++)
-        big = t->data[k].segments != NULL && t->data[k].segments->next != NULL;
-    t->dfree_stale = false;
-    t->dfree_hook = hook;
-    if (t->dfree.on == big)
-        return;
-    ng_mi_dfree_flush(&t->dfree);
-    t->dfree.on = big;
-    /* Every segment the set owns (the huge ones never buffer; the cached one may become an
-     * object heap's again). */
-    for (int k = NG_MI_HEAP_OBJECT; k < NG_MI_HEAP_COUNT; k++)
-        for (ng_mi_segment *s = t->data[k].segments; s != NULL; s = s->next)
-            ng_mi_segment_dfree_sync(s);
-    if (t->cached != NULL)
-        ng_mi_segment_dfree_sync(t->cached);
-}
-
-void ng_mi_dfree_flush(ng_mi_dfree *d)
-{
-    /* A copy first: a page's retire may end in code that frees, and a push meanwhile must
-     * find an empty buffer, not the entries being handed out. */
-    void *blocks[NG_MI_DFREE_N];
-    uint32_t n = d->n;
-    for (uint32_t i = 0; i < n; i++)
-        blocks[i] = d->blocks[i];
-    d->n = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        void *p = blocks[i];
-        ng_mi_page *page = ng_mi_page_of(ng_mi_segment_of(p), p);
-        /* The push took only blocks of small/medium/large segments of d's heap set: the
-         * owner's local free, whoever of the owner's rights runs it (inline for a page
-         * without flags, as ng_mi_free does). */
-        if (page->flags != 0) {
-            ng_mi_page_local_free(page, p);
-            continue;
-        }
-        ng_mi_block_set_next(page, (ng_mi_block *)p, page->local_free);
-        page->local_free = (ng_mi_block *)p;
-        if (--page->used == 0)
-            ng_mi_page_retire(page);
-    }
-}
-
 int ng_mi_free_unchecked(void *p)
 {
     if (p == NULL)
         return NG_OK;
     ng_mi_segment *segment = ng_mi_segment_of(p);
-    /* Debug builds come here after the live bit is cleared: the buffer is exercised there
-     * too, and a second free of a buffered block is caught by the bit. */
     /* Relaxed: see ng_mi_free. */
     bool own = ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id();
-    if (own && ng_mi_dfree_push_owned(segment, p))
-        return NG_OK;
     ng_mi_page *page = ng_mi_page_of(segment, p);
     if (segment->kind != NG_MI_SEGMENT_HUGE && own && page->flags == 0) {
         ng_mi_block_set_next(page, (ng_mi_block *)p, page->local_free);
@@ -329,12 +276,6 @@ static int check_block(ng_mi_segment *s, void *p)
     if (page->used == 0 || list_contains(page, page->free, p) ||
         list_contains(page, page->local_free, p))
         return NG_ESTATE;
-    /* Our own segment: its owner is a heap set of this thread, whose buffer only this thread
-     * (or a stopper, while we are stopped) touches. */
-    if (s->owner != NULL)
-        for (uint32_t i = 0; i < s->owner->dfree.n; i++)
-            if (s->owner->dfree.blocks[i] == p)
-                return NG_ESTATE;
     if (d / page->block_size >= page->capacity)
         return NG_EINVAL; /* never carved, so never handed out */
     /* Acquire: the links of the pushed blocks (see foreign_free). */

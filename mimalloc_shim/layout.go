@@ -84,8 +84,7 @@ type segmentView struct {
 	pageShift uint32
 	kind      uint8
 	heapKind  uint8
-	dfree     uint8 // owner only: the owner's frees go to its deferred-free buffer (C's)
-	reserved0 uint8
+	reserved0 uint16
 	// Private to the C allocator from here on.
 	size       uintptr
 	pageCount  uint32

@@ -121,19 +121,7 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
 #endif
     if (size > NG_MI_LARGE_MAX)
         return huge_malloc(heap, size);
-    /* An object heap's slow path hands the owner's buffered frees to their pages first: a
-     * page they empty retires now (its delay or goal starts as it would without the
-     * buffer), and a buffer does not hold blocks across a program's phases (nogil/alloc.h,
-     * ng_mi_dfree). Not the MEM heap's: its owner may be detached, and a stopper may be
-     * walking the object pages the flush would change. */
     ng_mi_thread *t = heap->thread;
-    if (heap->kind != NG_MI_HEAP_MEM) {
-        if (t->dfree.n != 0)
-            ng_mi_dfree_flush(&t->dfree);
-        /* Whether to buffer changes only with the segment lists (or the test hook). */
-        if (t->dfree_stale || ng_atomic_load(&ng_mi_test_dfree_always, NG_RELAXED) != t->dfree_hook)
-            ng_mi_dfree_adapt(t);
-    }
     /* The cheap tests of the two calls below, here: a miss of the inline path is common
      * (every few dozen allocations of a size class whose free list ran dry), these lists are
      * usually empty. Relaxed peek: as in ng_mi_heap_drain_delayed. */

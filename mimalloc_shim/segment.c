@@ -228,9 +228,7 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
         ng_mi_segment *s = t->cached;
         t->cached = NULL;
         s->heap_kind = heap->kind;
-        ng_mi_segment_dfree_sync(s);
         ng_mi_seglist_push(&hd->segments, s);
-        t->dfree_stale = true;
         return s;
     }
     size_t page_count;
@@ -298,11 +296,8 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
     /* Relaxed: statistics. */
     ng_atomic_fetch_add(&mi->segments, 1, NG_RELAXED);
     ng_atomic_fetch_add(&mi->bytes_mapped, size, NG_RELAXED);
-    if (seg_kind != NG_MI_SEGMENT_HUGE) {
-        ng_mi_segment_dfree_sync(s);
+    if (seg_kind != NG_MI_SEGMENT_HUGE)
         ng_mi_seglist_push(&hd->segments, s);
-        t->dfree_stale = true;
-    }
     return s;
 }
 
@@ -333,7 +328,6 @@ void ng_mi_segment_unmap(ng_mi_interp *mi, ng_mi_segment *s)
 void ng_mi_segment_release_empty(ng_mi_thread *t, ng_mi_segment *s)
 {
     ng_mi_seglist_remove(&t->data[s->heap_kind].segments, s);
-    t->dfree_stale = true;
     if (s->kind == NG_MI_SEGMENT_SMALL && t->cached == NULL && !t->abandoning) {
         t->cached = s;
         return;

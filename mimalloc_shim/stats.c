@@ -27,18 +27,6 @@ static void page_gauges(const ng_mi_page *page, ng_mi_stats *out)
 static void heap_gauges_locked(ng_mi_heap *heap, ng_mi_stats *out)
 {
     ng_mi_thread *t = heap->thread;
-    /* The owner's deferred frees (nogil/alloc.h) are free, though still in their pages'
-     * `used`. Discounted, not flushed: a flush may retire pages, which a stopper must not do
-     * to an owner that is merely detached (its MEM heap's slow path walks the same FIFO).
-     * Their pages count as in use until the flush. */
-    for (uint32_t k = 0; k < t->dfree.n; k++) {
-        void *b = t->dfree.blocks[k];
-        ng_mi_segment *s = ng_mi_segment_of(b);
-        if (s->heap_kind != heap->kind)
-            continue;
-        out->blocks_in_use--;
-        out->bytes_in_use -= ng_mi_page_of(s, b)->block_size;
-    }
     for (ng_mi_segment *s = t->data[heap->kind].segments; s != NULL; s = s->next) {
         out->segments++;
         out->bytes_mapped += s->size;

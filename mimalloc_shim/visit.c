@@ -15,10 +15,9 @@ static void mark_list(const ng_mi_page *page, const ng_mi_block *b, uint8_t *bit
     }
 }
 
-/* Returns NG_OK, or 1 when the callback stopped the walk, or NG_ENOMEM. `dfree`: the owner's
- * deferred frees (nogil/alloc.h), free although still counted in `used`; NULL for the pool. */
-static int visit_page(const ng_mi_page *page, bool thread_free_is_free,
-                      const ng_mi_dfree *dfree, ng_mi_visit_fn *fn, void *arg)
+/* Returns NG_OK, or 1 when the callback stopped the walk, or NG_ENOMEM. */
+static int visit_page(const ng_mi_page *page, bool thread_free_is_free, ng_mi_visit_fn *fn,
+                      void *arg)
 {
     if (!page->in_use || page->used == 0)
         return NG_OK;
@@ -31,13 +30,6 @@ static int visit_page(const ng_mi_page *page, bool thread_free_is_free,
         /* Acquire: the pushers' links (see foreign_free). */
         uintptr_t tf = ng_atomic_load(&((ng_mi_page *)page)->thread_free, NG_ACQUIRE);
         mark_list(page, (const ng_mi_block *)(tf & ~NG_MI_DELAY_MASK), bits);
-    }
-    for (uint32_t k = 0; dfree != NULL && k < dfree->n; k++) {
-        const uint8_t *b = dfree->blocks[k];
-        if (b >= page->start && b < page->start + (size_t)page->capacity * page->block_size) {
-            size_t i = (size_t)(b - page->start) / page->block_size;
-            bits[i / 8] |= (uint8_t)(1u << (i % 8));
-        }
     }
     int rc = NG_OK;
     for (size_t i = 0; i < page->capacity; i++)
@@ -90,10 +82,6 @@ int ng_mi_heap_visit(ng_mi_heap *heap, ng_mi_visit_fn *fn, void *arg)
     bool owner = t->thread_id == ng_thread_id();
     if (!ng_mi_may_access(t))
         return NG_EWRONGTHREAD;
-    /* Buffered blocks are free: a visitor must not see them. They are marked, not flushed:
-     * a flush may retire pages (goals, queue moves, the deferred-page FIFO), which a visit
-     * must not do (R11 b), and which a stopper must not do to an owner that is merely
-     * detached (it may run its MEM heap's slow path, which walks that FIFO, meanwhile). */
     ng_mi_heap_data *hd = ng_mi_heap_data_of(heap);
     if (owner) {
         /* Collect only: goals and queues stay as they are (R11 b). */
@@ -105,7 +93,7 @@ int ng_mi_heap_visit(ng_mi_heap *heap, ng_mi_visit_fn *fn, void *arg)
     }
     for (ng_mi_segment *s = hd->segments; s != NULL; s = s->next)
         for (uint32_t i = 0; i < s->page_count; i++) {
-            int rc = visit_page(&s->pages[i], false, &t->dfree, fn, arg);
+            int rc = visit_page(&s->pages[i], false, fn, arg);
             if (rc != NG_OK)
                 return rc == 1 ? NG_OK : rc;
         }
@@ -140,7 +128,7 @@ int ng_mi_abandoned_visit(ng_interp *interp, ng_mi_heap_kind kind, ng_mi_visit_f
     for (ng_mi_segment *s = list; s != NULL; s = s->next) {
         last = s;
         for (uint32_t i = 0; i < s->page_count && rc == NG_OK; i++)
-            rc = visit_page(&s->pages[i], true, NULL, fn, arg);
+            rc = visit_page(&s->pages[i], true, fn, arg);
     }
     ng_mi_interp_lock(mi);
     if (last != NULL) {

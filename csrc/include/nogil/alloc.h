@@ -173,13 +173,7 @@ typedef struct ng_mi_segment {
     uint32_t page_shift;
     uint8_t kind;               /* ng_mi_segment_kind */
     uint8_t heap_kind;          /* a segment serves one heap kind (reclaim routing) */
-    /* Owner only: 1 while the owner's frees of its blocks go to the owner's buffer
-     * (ng_mi_dfree: an object heap's small/medium/large segment of a set whose buffer is
-     * on), so the inline free tests one byte. While the segment is abandoned (its owner
-     * exited, or died in a fork parent) the byte is stale but unread: thread_id 0 keeps
-     * every inline free off it, and adoption (reclaim, a fork child's) re-syncs it. */
-    uint8_t dfree;
-    uint8_t reserved0;
+    uint16_t reserved0;
     /* ---- mimalloc_shim/ private from here on ---- */
     size_t size;                /* bytes mapped (NG_MI_SEGMENT_SIZE, more for huge) */
     uint32_t page_count, pages_used;
@@ -275,58 +269,6 @@ size_t ng_mi_usable_size(const void *p);
 int ng_mi_free_generic(ng_mi_segment *segment, ng_mi_page *page, void *p);
 void ng_mi_page_retire(ng_mi_page *page);
 
-/* The owner's deferred frees: a short buffer of blocks the owner thread freed into its own
- * heaps, handed to their pages NG_MI_DFREE_N at a time (mimalloc_shim/ flushes it earlier
- * whenever the pages must be exact: collect, visit, statistics, abandon, a checked free).
- *
- * Why: at a working set larger than the CPU caches, the block being freed is usually a cache
- * miss, and everything the free does after it (segment header, page index, page descriptor,
- * the list push) waits for that miss; with one op's free and the next op's loads queued behind
- * it, the core ran out of room for independent misses. A push only stores the pointer; the
- * page work runs at the flush, when the blocks have long arrived. Replace-in-window at
- * 100,000 live blocks of 16-256 B: about 20-30% more ops per second (see the commit).
- *
- * A buffered block is free to the caller but still counted in its page's `used`, so its
- * page cannot be emptied, deferred or reused meanwhile; it is never handed out before the
- * flush. Only blocks of object heaps (never MEM, which a detached owner may free into) and
- * of non-huge segments owned by the calling thread go in, each into the buffer of the heap
- * set that owns its segment (the set begins with its buffer, so the inline push needs no
- * other pointer; a set that owns one of our segments is alive). Visitors and statistics,
- * also a stopper's of a stopped owner, count buffered blocks as free without flushing. A set
- * buffers only while one of its object heaps spans more than one segment (`on`): with fewer
- * live blocks they stay in the CPU caches, and the push and the later flush only add
- * instructions (replace-in-window at 1,024 live blocks: 13% fewer ops per second). `on` is
- * mirrored in the dfree byte of each of the set's object segments, which is all the inline
- * free reads. Not for direct use. */
-#define NG_MI_DFREE_N 16
-typedef struct ng_mi_dfree {
-    uint32_t n;
-    bool on;
-    void *blocks[NG_MI_DFREE_N];
-} ng_mi_dfree;
-/* Hands the buffered blocks to their pages (the owner, or a thread with its rights). */
-void ng_mi_dfree_flush(ng_mi_dfree *d);
-
-/* Buffers `p`, a block of a segment the calling thread owns, when it qualifies (see
- * ng_mi_dfree); false otherwise. Not for direct use. */
-NG_MI_FAST_PATH bool ng_mi_dfree_push_owned(ng_mi_segment *segment, void *p)
-{
-    /* Our own segment (the caller compared its thread id): we wrote its dfree byte and owner
-     * last (allocation, reclaim and abandon all happen on the thread taking the segment, which
-     * changes the id before the owner; the buffer's switch happens on the owner), so these
-     * plain reads race with nothing. The byte says it all (heap kind, segment kind, the
-     * set's `on`): one load and one branch when the buffer is off. */
-    if (!segment->dfree)
-        return false;
-    ng_mi_dfree *d = (ng_mi_dfree *)(void *)segment->owner; /* the set's first member */
-    uint32_t n = d->n;
-    d->blocks[n] = p;
-    d->n = n + 1;
-    if (n + 1 == NG_MI_DFREE_N)
-        ng_mi_dfree_flush(d);
-    return true;
-}
-
 /* Frees with every check: NG_OK, NG_EINVAL (not a block start this allocator handed out, or
  * its segment was unmapped), NG_ESTATE (the block is already free, or it is an object-heap
  * block of the caller's own heap while no state of the caller in that heap's interpreter is
@@ -348,8 +290,6 @@ NG_MI_FAST_PATH int ng_mi_free(void *p)
      * abandons the segment), so reading our id means we are the owner; any other value,
      * however stale, takes the out-of-line path, which is right for every owner. */
     if (ng_atomic_load(&segment->thread_id, NG_RELAXED) == ng_thread_id()) {
-        if (ng_mi_dfree_push_owned(segment, p))
-            return NG_OK;
         ng_mi_page *page = ng_mi_page_of(segment, p);
         if (page->flags == 0) {
             *(ng_mi_block **)((char *)p + page->link_offset) = page->local_free;
