@@ -83,7 +83,9 @@ func TestReleasedReportsIgnoreTheSlotsNewOwner(t *testing.T) {
 				t.Errorf("%s: a new state got the released state's slot while it is pinned", c.name)
 			}
 			if !retained && !reused {
-				// The freelist hands out the last slot given back: the case is not what it says.
+				// A reservation takes the lowest free slot: the released state's slot was the
+				// lowest free one when it was bound, and is again once given back (the slots
+				// under it still have their owners). Otherwise the case is not what it says.
 				t.Errorf("%s: the new state did not get the released state's slot", c.name)
 			}
 			check("the new state's goroutine")

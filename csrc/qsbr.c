@@ -6,23 +6,36 @@
  * and never moves or shrinks before ng_qsbr_fini; a slot pointer is therefore valid for the
  * whole life of the shared state and growth needs no stop-the-world (CPython moves its array
  * inside one and rewrites every thread's pointer; R2 and R10 were bugs of that scheme).
- * Slots are handed out from the freelist, else from fresh space by bumping `high_water`, the
- * number of slots ever handed out; scans stop there. A slot given back while pinned
- * (ng_qsbr_pin) is retained instead: offline, ownerless and off the freelist until its last
- * pin goes, so that a pinner's reader never finds another owner's seq in it.
+ * `high_water` is one past the highest slot in use (allocated: reserved, registered or
+ * retained); scans stop there, and every slot at or above it is free. A reservation takes the
+ * lowest free slot below the mark, else the slot at the mark, raising it. Freeing the slot just
+ * below the mark lowers the mark past every free slot under it, so the slots in use stay packed
+ * at the bottom and a scan walks about as many slots as there are threads now, however many
+ * came and went (with the old LIFO freelist and a mark that only grew, one burst of 1,000
+ * threads made every later scan walk 1,000 slots). A slot given back while pinned
+ * (ng_qsbr_pin) is retained instead: offline, ownerless and not free until its last pin goes,
+ * so that a pinner's reader never finds another owner's seq in it; it holds the mark up.
+ *
+ * The free slots below the mark are the set bits of `free_bits`, one flat array of words
+ * under the mutex, grown with the capacity. Flat rather than a bitmap beside each segment:
+ * only mutex holders read it, so it may move when it grows, and the lowest-free search and
+ * the top-down lowering are plain loops over words. The search costs high_water / 64 word
+ * reads (16 for 1,000 slots) per reservation, which thread creation already makes rare; the
+ * lowering clears each bit it passes once, so it is amortised O(1) per freed slot.
  *
  * shared->mutex is taken with ng_lock_detach: detached while it waits, like any blocking lock,
  * but deaf to the caller's ng_cancel token, because no caller has a way to report "not
  * taken" and going on without the lock would corrupt the slot space.
  *
- * Under shared->mutex: freelist, high_water and segment growth, `allocated`, `retained`,
- * `pins`, `tstate`, writes of `registered` and `retained` (statistics read them relaxed). last_stall has its own raw lock. Scanners
- * read nsegments, high_water and segment pointers without the mutex (acquire loads of
- * release/seq-cst stores) and every slot's `seq`.
+ * Under shared->mutex: free_bits, writes of high_water, segment growth, `allocated`,
+ * `retained`, `pins`, `tstate`, writes of `registered` and `retained` (statistics read them
+ * relaxed). last_stall has its own raw lock. Scanners read nsegments, high_water and segment
+ * pointers without the mutex (acquire loads of release/seq-cst stores) and every slot's `seq`.
  *
- * Fork: ng_qsbr_after_fork (the child keeps only the survivor's slot and the pinned ones, and
- * forgets the waiters, which were other threads). Thread exit: the thread-state layer detaches and
- * unregisters; slots outlive their threads.
+ * Fork: ng_qsbr_after_fork (the child keeps only the survivor's slot and the pinned ones,
+ * rebuilds free_bits and the mark from them, and forgets the waiters, which were other
+ * threads). Thread exit: the thread-state layer detaches and unregisters, which frees the slot
+ * or retains it and may lower the mark; slots outlive their threads.
  */
 #include <sched.h>
 #include <stdlib.h>
@@ -98,7 +111,15 @@ static ng_qsbr_slot *slot_at(ng_qsbr_shared *shared, uint32_t i)
     return &shared->segments[k][i - segment_base(k)];
 }
 
-/* Allocates and publishes segment number nsegments. Under the mutex. */
+/* Words of free_bits that hold `slots` bits. */
+static uint32_t words_for(uint32_t slots) { return (slots + 63) / 64; }
+
+/* The bits of a word below bit n, 0 <= n <= 64. */
+static uint64_t low_bits(uint32_t n) { return n >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << n) - 1; }
+
+/* Allocates and publishes segment number nsegments, after making free_bits large enough for
+ * it (a larger bitmap left behind by a failed segment allocation is harmless). Under the
+ * mutex. */
 static int grow(ng_qsbr_shared *shared)
 {
     uint32_t k = shared->nsegments;
@@ -107,6 +128,15 @@ static int grow(ng_qsbr_shared *shared)
     if (ng_test_fail_qsbr_segment_alloc > 0) {
         ng_test_fail_qsbr_segment_alloc--;
         return NG_ENOMEM;
+    }
+    uint32_t words = words_for(capacity_of(k + 1));
+    if (words > shared->free_words) {
+        uint64_t *bits = realloc(shared->free_bits, words * sizeof(uint64_t));
+        if (bits == NULL)
+            return NG_ENOMEM;
+        memset(bits + shared->free_words, 0, (words - shared->free_words) * sizeof(uint64_t));
+        shared->free_bits = bits;
+        shared->free_words = words;
     }
     size_t n = segment_slots(k);
     ng_qsbr_slot *seg = aligned_alloc(NG_QSBR_SLOT_ALIGN, n * sizeof(ng_qsbr_slot));
@@ -157,24 +187,75 @@ int ng_qsbr_fini(ng_qsbr_shared *shared)
     ng_atomic_store(&shared->nsegments, 0, NG_RELAXED);
     ng_atomic_store(&shared->high_water, 0, NG_RELAXED);
     ng_atomic_store(&shared->laggard, NULL, NG_RELAXED);
-    shared->freelist = NULL;
+    free(shared->free_bits);
+    shared->free_bits = NULL;
+    shared->free_words = 0;
     ng_mutex_unlock(&shared->mutex);
     return NG_OK;
 }
 
 /* ---- Reserve / register ----------------------------------------------------------------- */
 
+/* The lowest free slot below `hw` (the mark), or `hw` if there is none. Under the mutex. */
+static uint32_t lowest_free(ng_qsbr_shared *shared, uint32_t hw)
+{
+    for (uint32_t w = 0; w < words_for(hw); w++)
+        if (shared->free_bits[w] != 0)
+            return w * 64 + (uint32_t)__builtin_ctzll(shared->free_bits[w]);
+    return hw;
+}
+
+/* The slot `top`, just below the mark, was freed: lowers the mark to one past the highest
+ * slot in use under it (allocated: its free bit is clear), clearing the free bits it passes,
+ * so that no free bit lies at or above the mark. Under the mutex. */
+static void lower_mark(ng_qsbr_shared *shared, uint32_t top)
+{
+    uint32_t hw = top;
+    while (hw > 0) {
+        uint32_t w = (hw - 1) / 64;
+        uint64_t below = low_bits(hw - w * 64); /* slots w*64 .. hw-1 */
+        uint64_t in_use = ~shared->free_bits[w] & below;
+        if (in_use != 0) {
+            uint32_t last = 63 - (uint32_t)__builtin_clzll(in_use);
+            shared->free_bits[w] &= low_bits(last + 1);
+            hw = w * 64 + last + 1;
+            break;
+        }
+        shared->free_bits[w] = 0; /* bits at or above the old mark were clear already */
+        hw = w * 64;
+    }
+    TORTURE_YIELD();
+    /* Release, and no more: the slots from the new mark up are offline and ownerless (free;
+     * retained and reserved slots stop the loop above), so a scan that stops at the new mark
+     * misses no online thread, and one that read the old mark reads offline slots, harmless.
+     * A slot up there gets an owner again only through ng_qsbr_reserve's seq-cst raising
+     * store, which makes it visible to scans as any fresh slot (the free bits end below the
+     * mark). A scan that reads this store (acquire) and so skips a slot freed here is ordered
+     * after that slot's owner went offline (its release store of seq 0 preceded the
+     * unregister, under this mutex), just as if it had read the offline seq; and it sees
+     * every segment publication the slots below the mark need. */
+    ng_atomic_store(&shared->high_water, hw, NG_RELEASE);
+}
+
 int ng_qsbr_reserve(ng_qsbr_shared *shared, ng_qsbr_slot **slot_out)
 {
     if (shared == NULL || slot_out == NULL)
         return NG_EINVAL;
     ng_lock_detach(&shared->mutex);
-    ng_qsbr_slot *slot = shared->freelist;
-    if (slot != NULL) {
-        shared->freelist = slot->freelist_next;
+    ng_qsbr_slot *slot;
+    /* Relaxed: only mutex holders write high_water. */
+    uint32_t hw = ng_atomic_load(&shared->high_water, NG_RELAXED);
+    uint32_t i = lowest_free(shared, hw);
+    if (i < hw) {
+        /* Below the mark. The last raising (seq-cst) store before our lock left the mark
+         * above this slot (raises go one slot at a time, and only lowerings that stopped
+         * above it followed), and it happened before the owner's attach; while the slot is
+         * in use no lowering passes it. So the argument at the raising store below holds for
+         * this slot unchanged. */
+        shared->free_bits[i / 64] &= ~(UINT64_C(1) << (i % 64));
+        slot = slot_at(shared, i);
     }
     else {
-        uint32_t hw = shared->high_water;
         if (hw == capacity_of(shared->nsegments)) {
             int err = grow(shared);
             if (err != NG_OK) {
@@ -187,13 +268,16 @@ int ng_qsbr_reserve(ng_qsbr_shared *shared, ng_qsbr_slot **slot_out)
         /* Seq-cst, not just release: a scan's seq-cst fence must order this store before or
          * after it as a whole. A thread that reserves, attaches and then reads a pointer is
          * either seen by a scan (this store precedes the scanner's fence, so its load of
-         * high_water includes the slot) or the scan's fence precedes its attach. */
+         * high_water reads this store or a later one, and every later one keeps the mark
+         * above the slot while it is in use: lowering stops at the highest allocated slot)
+         * or the scan's fence precedes its attach. Every slot at or above the mark, also one
+         * used before and freed when the mark dropped, is handed out only here, through this
+         * store: the free bits never cover the mark or above. */
         ng_atomic_store(&shared->high_water, hw + 1, NG_SEQ_CST);
     }
     /* A fresh owner: nothing of the previous one's counters or stall history. The slot is
      * offline (unregister required it; fresh slots are zero), so no scanner looks at these
      * owner-side fields; the stall words are written by scanners only for online slots. */
-    slot->freelist_next = NULL;
     slot->should_process = 0;
     slot->deferred_count = 0;
     slot->deferred_memory = 0;
@@ -219,21 +303,25 @@ static bool slot_valid(const ng_qsbr_slot *slot)
     return slot != NULL && slot->shared != NULL;
 }
 
-/* Puts a slot that nobody owns or pins on the freelist. Under the mutex; the slot is
- * offline. */
+/* Frees a slot that nobody owns or pins: a free bit below the mark, or, for the top slot, a
+ * lower mark. Under the mutex; the slot is offline. */
 static void free_slot(ng_qsbr_shared *shared, ng_qsbr_slot *slot)
 {
     ng_atomic_store(&slot->tstate, NULL, NG_RELAXED);
     ng_atomic_store(&slot->allocated, 0, NG_RELAXED);
     slot->retained = 0;
-    slot->freelist_next = shared->freelist;
-    shared->freelist = slot;
+    uint32_t i = slot->index;
+    /* Relaxed: only mutex holders write high_water. */
+    if (i + 1 < ng_atomic_load(&shared->high_water, NG_RELAXED))
+        shared->free_bits[i / 64] |= UINT64_C(1) << (i % 64);
+    else
+        lower_mark(shared, i);
 }
 
-/* The owner (or a fork child, for a dead thread) gives a reserved or registered slot back: to
- * the freelist, or retained while pinned, so that the pinner's reader keeps reading an offline
- * slot that nobody else owns. Under the mutex; the slot is offline. Statistics are written
- * under the mutex and read without it. */
+/* The owner (or a fork child, for a dead thread) gives a reserved or registered slot back: free,
+ * or retained while pinned, so that the pinner's reader keeps reading an offline slot that
+ * nobody else owns. Under the mutex; the slot is offline. Statistics are written under the
+ * mutex and read without it. */
 static void release_slot(ng_qsbr_shared *shared, ng_qsbr_slot *slot)
 {
     ng_atomic_store(&shared->registered, shared->registered - 1, NG_RELAXED);
@@ -686,6 +774,22 @@ void ng_qsbr_after_fork(ng_qsbr_shared *shared, ng_qsbr_slot *survivor)
         ng_atomic_store(&slot->seq, NG_QSBR_OFFLINE, NG_RELAXED);
         release_slot(shared, slot);
     }
+    /* The freeing above has lowered the mark already if the bitmap was consistent; but a dead
+     * thread may have held the mutex half-way through a reservation or a free. The slots'
+     * `allocated` flags are the truth (a reservation sets it last, a free clears it first,
+     * and the dead thread will never finish either), so rebuild the bits and the mark from
+     * them: every slot of the capacity, since the snapshot may hold a half-raised mark. */
+    uint32_t capacity = capacity_of(shared->nsegments);
+    if (shared->free_words != 0)
+        memset(shared->free_bits, 0, shared->free_words * sizeof(uint64_t));
+    uint32_t top = 0;
+    for (uint32_t i = 0; i < capacity; i++)
+        if (slot_at(shared, i)->allocated)
+            top = i + 1;
+    for (uint32_t i = 0; i < top; i++)
+        if (!slot_at(shared, i)->allocated)
+            shared->free_bits[i / 64] |= UINT64_C(1) << (i % 64);
+    ng_atomic_store(&shared->high_water, top, NG_RELAXED);
 }
 
 void ng_qsbr_get_stats(ng_qsbr_shared *shared, ng_qsbr_stats *out)
@@ -705,6 +809,7 @@ void ng_qsbr_get_stats(ng_qsbr_shared *shared, ng_qsbr_stats *out)
     /* Without the mutex, so a thread that has stopped the world can read statistics. */
     out->registered = ng_atomic_load(&shared->registered, NG_RELAXED);
     out->retained = ng_atomic_load(&shared->retained, NG_RELAXED);
+    out->scan_slots = ng_atomic_load(&shared->high_water, NG_RELAXED);
     ng_raw_mutex_lock(&shared->stall_lock);
     out->last_stall = shared->last_stall;
     ng_raw_mutex_unlock(&shared->stall_lock);

@@ -9,8 +9,12 @@
  * NG_QSBR_FIRST_SEGMENT << k slots), so growing needs neither stop-the-world nor pointer
  * rewriting, and a slot pointer stays valid from reserve to unregister (CPython's R2 and R10
  * cannot happen), and for as long as it is pinned (ng_qsbr_pin: a given-back slot that is not
- * reused, so a reader may compare its seq without checking its owner). A failed poll remembers the slot that held it back, so polling a goal that a
- * stalled thread blocks costs one load instead of a scan of every slot.
+ * reused, so a reader may compare its seq without checking its owner). A failed poll remembers
+ * the slot that held it back, so polling a goal that a stalled thread blocks costs one load
+ * instead of a scan of every slot. Slots in use stay packed at the bottom (the lowest free slot
+ * is handed out first) and the scan bound, high_water, drops when the top slots are given back:
+ * after a burst of threads that exited, a scan walks about as many slots as are in use, not as
+ * many as the burst had (liburcu scans only its live readers).
  *
  * Hot operations (attach, detach, quiescent state, goal check, advance) are inline here; Go
  * performs the same operations with sync/atomic on the same words (qsbr.go).
@@ -74,7 +78,6 @@ typedef struct ng_qsbr_slot {
     uint64_t seq;                      /* last observed wr_seq, or NG_QSBR_OFFLINE */
     struct ng_qsbr_shared *shared;
     struct ng_tstate *tstate;          /* owner; NULL when free (under shared->mutex) */
-    struct ng_qsbr_slot *freelist_next;
     uint32_t index;                    /* position in the slot space, fixed */
     uint8_t allocated;                 /* reserved, registered or retained (under shared->mutex) */
     uint8_t should_process;            /* set when the thresholds were crossed; owner clears */
@@ -119,9 +122,10 @@ typedef struct ng_qsbr_shared {
     char pad1[NG_QSBR_SLOT_ALIGN - 2 * sizeof(uint64_t) - sizeof(void *)];
     ng_qsbr_slot *segments[NG_QSBR_MAX_SEGMENTS]; /* published with release, never moved */
     uint32_t nsegments;                /* acquire-read by scanners */
-    uint32_t high_water;               /* slots ever handed out; scans stop here */
-    ng_mutex mutex;                    /* freelist, allocation, segment growth */
-    ng_qsbr_slot *freelist;
+    uint32_t high_water;               /* 1 + highest slot in use; scans stop here */
+    ng_mutex mutex;                    /* free_bits, allocation, segment growth */
+    uint64_t *free_bits;               /* bit i: slot i < high_water is free (under the mutex) */
+    uint32_t free_words;               /* words of free_bits: enough for the capacity */
     uint32_t registered;               /* slots reserved or registered (stats) */
     uint32_t retained;                 /* slots given back while pinned (stats) */
     /* Tunables (relaxed loads; set with ng_qsbr_set_limits). */
@@ -150,15 +154,16 @@ int ng_qsbr_init(ng_qsbr_shared *shared);
  * nothing done). */
 int ng_qsbr_fini(ng_qsbr_shared *shared);
 
-/* Reserves a free slot (growing by a new segment when none is free). The slot is allocated but
- * has no owner until ng_qsbr_register. NG_OK, NG_ENOMEM (nothing leaked), NG_EINVAL. */
+/* Reserves the lowest free slot (growing by a new segment when none is free). The slot is
+ * allocated but has no owner until ng_qsbr_register. NG_OK, NG_ENOMEM (nothing leaked),
+ * NG_EINVAL. */
 int ng_qsbr_reserve(ng_qsbr_shared *shared, ng_qsbr_slot **slot_out);
 /* Gives a reserved, never registered slot back (creation failed later: R18). */
 int ng_qsbr_unreserve(ng_qsbr_slot *slot);
 /* Links a reserved slot to its owner. */
 int ng_qsbr_register(ng_qsbr_slot *slot, struct ng_tstate *tstate);
-/* Returns the slot to the freelist, or retains it while it is pinned (see ng_qsbr_pin). It
- * must be detached (seq 0): NG_ESTATE otherwise. */
+/* Frees the slot, or retains it while it is pinned (see ng_qsbr_pin). It must be detached
+ * (seq 0): NG_ESTATE otherwise. */
 int ng_qsbr_unregister(ng_qsbr_slot *slot);
 
 /* Pins a reserved or registered slot for a reader that compares its seq with wr_seq without
@@ -282,7 +287,8 @@ uint64_t ng_qsbr_goal_for_page(ng_qsbr_slot *slot, size_t page_bytes);
 
 /* Child of fork(): reset the mutex and free every slot but `survivor` (may be NULL) and the
  * pinned ones, which are retained (their pins belong to readers that outlive the dead
- * threads, and only those readers may free them). */
+ * threads, and only those readers may free them). Scans then stop after the highest slot
+ * kept. */
 void ng_qsbr_after_fork(ng_qsbr_shared *shared, ng_qsbr_slot *survivor);
 
 typedef struct ng_qsbr_stats {
@@ -291,6 +297,7 @@ typedef struct ng_qsbr_stats {
     uint64_t scans, advances, stalls_reported;
     ng_qsbr_stall last_stall;
     uint32_t retained;
+    uint32_t scan_slots; /* slots a scan walks now: 1 + the highest slot in use (high_water) */
 } ng_qsbr_stats;
 void ng_qsbr_get_stats(ng_qsbr_shared *shared, ng_qsbr_stats *out);
 
