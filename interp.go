@@ -168,6 +168,7 @@ type Stats struct {
 	ReadSeq          uint64        // QSBR read sequence (every attached thread has reached it)
 	QSBRSlots        uint32        // QSBR slots in use (one per thread state)
 	QSBRCapacity     uint32        // QSBR slots allocated
+	QSBRScanSlots    uint32        // slots a QSBR scan walks: 1 + the highest slot in use
 	Scans            uint64        // QSBR scans of the slots
 	Advances         uint64        // QSBR write-sequence advances
 	StallsReported   uint64        // stalls reported to the stall handler
@@ -193,6 +194,7 @@ func (in *Interpreter) Stats() (Stats, error) {
 		ReadSeq:          uint64(s.qsbr.rd_seq),
 		QSBRSlots:        uint32(s.qsbr.registered),
 		QSBRCapacity:     uint32(s.qsbr.capacity),
+		QSBRScanSlots:    uint32(s.qsbr.scan_slots),
 		Scans:            uint64(s.qsbr.scans),
 		Advances:         uint64(s.qsbr.advances),
 		StallsReported:   uint64(s.qsbr.stalls_reported),

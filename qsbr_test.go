@@ -318,3 +318,43 @@ func TestIdleReportsAfterReleaseAndClose(t *testing.T) {
 		}
 	}
 }
+
+// A burst of thread states that came and went leaves scans walking only the slots in use:
+// the scan bound drops back when the top slots are given back.
+func TestQSBRScanSlotsDropAfterABurst(t *testing.T) {
+	deadline(t, 30*time.Second)
+	in := newInterp(t)
+	base := stats(t, in)
+	const burst = 64
+	bound := make(chan struct{}, burst)
+	release := make(chan struct{})
+	done := make(chan struct{}, burst)
+	for i := 0; i < burst; i++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			ts, err := in.Bind()
+			if !must(t, "Bind", err) {
+				bound <- struct{}{}
+				return
+			}
+			bound <- struct{}{}
+			<-release
+			must(t, "Release", ts.Release())
+		}()
+	}
+	for i := 0; i < burst; i++ {
+		<-bound
+	}
+	if s := stats(t, in); s.QSBRScanSlots < base.QSBRScanSlots+burst {
+		t.Errorf("with %d more states: scans walk %d slots, want at least %d", burst,
+			s.QSBRScanSlots, base.QSBRScanSlots+burst)
+	}
+	close(release)
+	for i := 0; i < burst; i++ {
+		<-done
+	}
+	if s := stats(t, in); s.QSBRSlots != base.QSBRSlots || s.QSBRScanSlots != base.QSBRScanSlots {
+		t.Errorf("after the burst: %d slots in use, scans walk %d; want %d and %d", s.QSBRSlots,
+			s.QSBRScanSlots, base.QSBRSlots, base.QSBRScanSlots)
+	}
+}
