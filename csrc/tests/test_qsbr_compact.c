@@ -290,14 +290,19 @@ static bool churn_once(uint64_t *rng, void (*work)(ng_qsbr_slot *, uint64_t *))
     return CHECK_STATUS(ng_qsbr_unregister(slot), NG_OK);
 }
 
-static void *plain_churner(void *arg)
+/* Churns until told to stop (or a check failed), running `work` while online. */
+static void churn_until_stopped(uint64_t rng, void (*work)(ng_qsbr_slot *, uint64_t *))
 {
-    uint64_t rng = (uint64_t)(uintptr_t)arg * UINT64_C(0x9e3779b97f4a7c15) | 1;
     while (!ng_atomic_load(&C.stop, NG_ACQUIRE)) {
-        if (!churn_once(&rng, NULL))
+        if (!churn_once(&rng, work))
             break;
         ng_atomic_fetch_add(&C.churns, 1, NG_RELAXED);
     }
+}
+
+static void *plain_churner(void *arg)
+{
+    churn_until_stopped((uint64_t)(uintptr_t)arg * UINT64_C(0x9e3779b97f4a7c15) | 1, NULL);
     return NULL;
 }
 
@@ -404,12 +409,7 @@ static void read_object(ng_qsbr_slot *slot, uint64_t *rng)
 
 static void *reading_churner(void *arg)
 {
-    uint64_t rng = (uint64_t)(uintptr_t)arg * UINT64_C(0x2545f4914f6cdd1d) | 1;
-    while (!ng_atomic_load(&C.stop, NG_ACQUIRE)) {
-        if (!churn_once(&rng, read_object))
-            break;
-        ng_atomic_fetch_add(&C.churns, 1, NG_RELAXED);
-    }
+    churn_until_stopped((uint64_t)(uintptr_t)arg * UINT64_C(0x2545f4914f6cdd1d) | 1, read_object);
     return NULL;
 }
 
