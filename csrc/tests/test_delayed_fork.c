@@ -102,13 +102,9 @@ static void dfork_entry(void *arg)
 static void *dfork_peer_main(void *arg)
 {
     struct dfork_scene *s = arg;
-    ng_tstate *ts = NULL;
-    if (create_attached(s->in, &ts) != NG_OK) {
-        if (ts != NULL)
-            ng_tstate_release(ts);
-        ng_atomic_store(&s->peer_ready, 2, NG_RELEASE);
+    ng_tstate *ts;
+    if (!attach_or_report(s->in, &ts, &s->peer_ready, NULL, 0))
         return NULL;
-    }
     int err = 0;
     for (int i = 0; i < DFORK_PEER_ENTRIES; i++)
         err |= ng_call_delayed(ts, dfork_count, &s->peer_runs, 8);

@@ -208,14 +208,9 @@ struct order_sleeper {
 static void *order_sleeper_main(void *arg)
 {
     struct order_sleeper *s = arg;
-    ng_tstate *ts = NULL;
-    if (create_attached(s->in, &ts) != NG_OK) {
-        s->failed |= ORDER_SETUP_FAILED;
-        if (ts != NULL)
-            ng_tstate_release(ts);
-        ng_atomic_store(&s->ready, 2, NG_RELEASE);
+    ng_tstate *ts;
+    if (!attach_or_report(s->in, &ts, &s->ready, &s->failed, ORDER_SETUP_FAILED))
         return NULL;
-    }
     ng_atomic_store(&s->ts, ts, NG_RELEASE);
     ng_atomic_store(&s->ready, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s->locked, NG_ACQUIRE));

@@ -93,14 +93,10 @@ struct stopper_scene {
 static void *stopper_sleeper_main(void *arg)
 {
     struct stopper_scene *s = arg;
-    ng_tstate *ts = NULL;
-    if (create_attached(s->in, &ts) != NG_OK) {
-        s->sleeper_failed |= STOPPER_SETUP_FAILED;
-        if (ts != NULL)
-            ng_tstate_release(ts);
-        ng_atomic_store(&s->sleeper_ready, 2, NG_RELEASE);
+    ng_tstate *ts;
+    if (!attach_or_report(s->in, &ts, &s->sleeper_ready, &s->sleeper_failed,
+                          STOPPER_SETUP_FAILED))
         return NULL;
-    }
     ng_atomic_store(&s->sleeper_ts, ts, NG_RELEASE);
     ng_atomic_store(&s->sleeper_ready, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s->sleeper_go, NG_ACQUIRE));
@@ -252,14 +248,10 @@ static ng_mutex *stopper_lock_of(struct stopper_scene *s)
 static void *stopper_staller_main(void *arg)
 {
     struct stopper_scene *s = arg;
-    ng_tstate *ts = NULL;
-    if (create_attached(s->mid, &ts) != NG_OK) {
-        s->staller_failed |= STOPPER_SETUP_FAILED;
-        if (ts != NULL)
-            ng_tstate_release(ts);
-        ng_atomic_store(&s->staller_ready, 2, NG_RELEASE);
+    ng_tstate *ts;
+    if (!attach_or_report(s->mid, &ts, &s->staller_ready, &s->staller_failed,
+                          STOPPER_SETUP_FAILED))
         return NULL;
-    }
     ng_atomic_store(&s->staller_ready, 1, NG_RELEASE);
     SPIN_UNTIL(ng_atomic_load(&s->staller_release, NG_ACQUIRE));
     while (!ng_atomic_load(&s->staller_done, NG_ACQUIRE)) {
@@ -400,77 +392,53 @@ static int stopper_scene_run(enum stopper_lock kind)
     return failed;
 }
 
-static void run_stopper_scene(int (*scene)(void *), const char *what)
+/* The child's entry: the scene whose lock kind `arg` points to. */
+static int stopper_scene_entry(void *arg)
+{
+    return stopper_scene_run(*(const enum stopper_lock *)arg);
+}
+
+static void run_stopper_scene(enum stopper_lock kind, const char *what)
 {
     if (THREAD_SANITIZER) {
-        int failed = scene(NULL);
+        int failed = stopper_scene_entry(&kind);
         for (int bit = 0; stopper_check_names[bit] != NULL; bit++)
             if (failed & (1 << bit))
                 harness_fail(__FILE__, __LINE__, "%s: %s", what, stopper_check_names[bit]);
         return;
     }
-    pid_t pid = fork_checks(scene, NULL);
+    pid_t pid = fork_checks(stopper_scene_entry, &kind);
     if (CHECK_GT(pid, 0))
         check_child(pid, stopper_check_names, what);
 }
 
-static int stopper_qsbr_scene(void *arg)
-{
-    (void)arg;
-    return stopper_scene_run(HOLDS_QSBR);
-}
-
-static int stopper_list_scene(void *arg)
-{
-    (void)arg;
-    return stopper_scene_run(HOLDS_LIST);
-}
-
-static int stopper_stw_scene(void *arg)
-{
-    (void)arg;
-    return stopper_scene_run(HOLDS_STW);
-}
-
 TEST(fork_stopper_qsbr_mutex_handed_to_a_thread_it_suspended)
 {
-    run_stopper_scene(stopper_qsbr_scene,
+    run_stopper_scene(HOLDS_QSBR,
                       "QSBR mutex handed to a thread the forking thread's own stop suspended");
 }
 
 TEST(fork_stopper_list_lock_handed_to_a_thread_it_suspended)
 {
-    run_stopper_scene(stopper_list_scene,
+    run_stopper_scene(HOLDS_LIST,
                       "interpreter list handed to a thread the forking thread's own stop "
                       "suspended");
 }
 
 TEST(fork_stopper_other_worlds_stop_handed_to_a_thread_it_suspended)
 {
-    run_stopper_scene(stopper_stw_scene,
+    run_stopper_scene(HOLDS_STW,
                       "another world's stw.mutex handed to a thread the forking thread's own "
                       "stop suspended");
-}
-
-static int stopper_stop_scene(void *arg)
-{
-    (void)arg;
-    return stopper_scene_run(HOLDS_STOP);
 }
 
 /* The suspended thread holds another world stopped: neither stop can end before the fork,
  * so the handler must take that world as stopped. */
 TEST(fork_stopper_other_world_held_stopped_by_a_thread_it_suspended)
 {
-    run_stopper_scene(stopper_stop_scene,
+    run_stopper_scene(HOLDS_STOP,
                       "another world held stopped by a thread the forking thread's own stop "
                       "suspended");
-}
-
-static int stopper_stw_mid_scene(void *arg)
-{
-    (void)arg;
-    return stopper_scene_run(HOLDS_STW_MID);
 }
 
 /* As above with another world's stw.mutex, but the world the thread is suspended in is
@@ -479,7 +447,7 @@ static int stopper_stw_mid_scene(void *arg)
  * late restart undoes that stop. */
 TEST(fork_stopper_other_worlds_stop_handed_to_a_thread_the_handler_suspended)
 {
-    run_stopper_scene(stopper_stw_mid_scene,
+    run_stopper_scene(HOLDS_STW_MID,
                       "another world's stw.mutex handed to a thread that the fork handler's "
                       "own stop suspended");
 }

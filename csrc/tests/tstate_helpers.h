@@ -103,6 +103,25 @@ static inline int create_attached(ng_interp *in, ng_tstate **ts)
     return err;
 }
 
+/* A helper thread's first step when a test thread waits for it on `ready`: a new attached
+ * state of `in` in *ts. On failure the state, if any, is released, *ts is NULL, `flag` is set
+ * in *failed (if failed is not NULL) and then 2 is published in *ready (release), so the
+ * waiter sees the flag; the caller publishes 1 when the rest of its set-up is done. */
+static inline bool attach_or_report(ng_interp *in, ng_tstate **ts, uint32_t *ready, int *failed,
+                                    int flag)
+{
+    *ts = NULL;
+    if (create_attached(in, ts) == NG_OK)
+        return true;
+    if (*ts != NULL)
+        ng_tstate_release(*ts);
+    *ts = NULL;
+    if (failed != NULL)
+        *failed |= flag;
+    ng_atomic_store(ready, 2, NG_RELEASE);
+    return false;
+}
+
 /* A test thread's last step: releases its state, if it got one. The thread's first error:
  * `err`, or else the release's status. */
 static inline int release_keeping_error(ng_tstate *ts, int err)
