@@ -436,7 +436,7 @@ int qb_poll_nogil(int slots, int poll_case, int64_t time_ns, int64_t *ops, int64
 {
     if (slots < 1 || slots > (1 << 20) || time_ns <= 0 || ops == NULL || elapsed_ns == NULL ||
         (poll_case != QB_POLL_SUCCESS_OFFLINE && poll_case != QB_POLL_SUCCESS_ONLINE &&
-         poll_case != QB_POLL_FAIL_LAGGARD))
+         poll_case != QB_POLL_FAIL_LAGGARD && poll_case != QB_POLL_AFTER_BURST))
         return EINVAL;
     ng_qsbr_shared *shared = aligned_alloc(NG_QSBR_SLOT_ALIGN, sizeof(*shared));
     ng_qsbr_slot **all = calloc((size_t)slots, sizeof(*all));
@@ -453,6 +453,15 @@ int qb_poll_nogil(int slots, int poll_case, int64_t time_ns, int64_t *ops, int64
             reserved++;
     }
     ng_qsbr_slot *poller = all[0];
+    /* The burst is over: every slot but the first two goes back, oldest first (the top one
+     * last, so the scan bound can drop only then). */
+    if (err == 0 && poll_case == QB_POLL_AFTER_BURST && reserved > 2) {
+        for (int i = 2; err == 0 && i < reserved; i++) {
+            err = -ng_qsbr_unreserve(all[i]);
+            all[i] = NULL;
+        }
+        slots = reserved = 2;
+    }
 
     int64_t n = 0, start = 0, end = 0;
     if (err == 0) {

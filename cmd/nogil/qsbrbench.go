@@ -280,6 +280,7 @@ var pollCases = []struct {
 	{"success-offline", C.QB_POLL_SUCCESS_OFFLINE, "successful poll (full scan), other slots offline"},
 	{"success-online", C.QB_POLL_SUCCESS_ONLINE, "successful poll (full scan), every slot online at the current seq"},
 	{"fail-laggard", C.QB_POLL_FAIL_LAGGARD, "failed poll, answered by the last poll's laggard (no scan)"},
+	{"after-burst", C.QB_POLL_AFTER_BURST, "successful poll after all slots but two were given back (a burst of threads that exited)"},
 }
 
 func pollNogil(slots int, kind C.int, d time.Duration) (float64, error) {
@@ -681,7 +682,8 @@ func writeQsbrText(w io.Writer, cfg *qsbrbenchConfig, res *qsbrResults, haveURCU
 	fmt.Fprintf(w, "\npoll cost (nogil-c, one thread acting for every slot, so the slots it reads sit in its own\n")
 	fmt.Fprintf(w, "cache: no coherence misses; a real scan after other threads reported pays one per slot)\n\n")
 	tw = newTable(w)
-	tableRow(tw, 10, "slots", "success, others offline", "success, all online", "fail (laggard hint)")
+	tableRow(tw, 10, "slots", "success, others offline", "success, all online", "fail (laggard hint)",
+		"success, 2 left after the burst")
 	for _, slots := range cfg.slots {
 		cells := []string{}
 		for _, pc := range pollCases {

@@ -61,6 +61,9 @@ enum qb_poll_case {
     QB_POLL_SUCCESS_OFFLINE = 1, /* a successful poll that scans; the other slots offline */
     QB_POLL_SUCCESS_ONLINE = 2,  /* the same with every slot online at the current seq */
     QB_POLL_FAIL_LAGGARD = 3,    /* a failed poll answered by the laggard of the last one */
+    /* A successful poll after every slot but the first two (online) was given back, as after
+     * a burst of threads that exited: the scan walks what is in use, not what once was. */
+    QB_POLL_AFTER_BURST = 4,
 };
 
 /* Poll cost with `slots` registered slots (the poller's included), one thread acting for all
