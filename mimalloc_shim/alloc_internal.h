@@ -126,7 +126,7 @@ typedef struct ng_mi_interp {
      * a thread can peek without the lock (a stale answer only skips or retries). */
     uint64_t abandoned_n[NG_MI_HEAP_COUNT], abandoned_huge_n, huge_waiting_n;
     /* Atomics (relaxed: statistics). */
-    uint64_t segments, bytes_mapped;
+    uint64_t segments, bytes_mapped, segments_hugepage;
     uint64_t segments_abandoned;
     uint64_t mmap_failures;         /* those not attributable to a live heap */
     ng_mi_counters dead;            /* counters of heap sets that went away (under lock) */
@@ -201,6 +201,9 @@ void ng_mi_debug_mark_live(ng_mi_page *page, void *p);
 /* A mapping of `size` bytes aligned to NG_MI_SEGMENT_SIZE, or NULL (ENOMEM). */
 void *ng_mi_os_map(size_t size);
 void ng_mi_os_unmap(void *p, size_t size);
+/* madvise(MADV_HUGEPAGE): whether the kernel took the advice. `collapse`: the range was
+ * touched already, merge its pages into huge ones now (best effort). */
+bool ng_mi_os_advise_hugepages(void *p, size_t size, bool collapse);
 
 /* ---- segment.c ------------------------------------------------------------------------------ */
 

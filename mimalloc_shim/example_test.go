@@ -127,3 +127,15 @@ func ExampleHeap_Collect_qsbrGatedReuse() {
 	// reader silent: pages waiting: true
 	// reader reported and detached: pages waiting: 0 released: true
 }
+
+// Choose which segments use transparent huge pages: here ordinary pages everywhere, as a
+// process that keeps many small heaps might prefer.
+func ExampleSetHugepages() {
+	before := mimalloc_shim.CurrentHugepages()
+	if err := mimalloc_shim.SetHugepages(mimalloc_shim.HugepagesNever); err != nil {
+		panic(err)
+	}
+	fmt.Println(mimalloc_shim.CurrentHugepages())
+	_ = mimalloc_shim.SetHugepages(before)
+	// Output: never
+}

@@ -94,6 +94,7 @@ type segmentView struct {
 	allNext    uintptr
 	cookie     uint64
 	reserved1  [2]uint64
+	hugepages  uint8
 	// pages []pageView follows
 }
 

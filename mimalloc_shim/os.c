@@ -1,4 +1,4 @@
-/* The kernel side of the page allocator: segment-aligned mappings.
+/* The kernel side of the page allocator: segment-aligned mappings and their huge-page advice.
  *
  * mmap gives page alignment only, so a segment is mapped with one extra segment size of
  * slack and the misaligned head and tail are trimmed; the segment of any block is then found
@@ -6,6 +6,8 @@
  * it into NULL/ENOMEM. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "alloc_internal.h"
@@ -59,4 +61,68 @@ void ng_mi_os_unmap(void *p, size_t size)
         return;
     munmap(p, size);
     ng_atomic_fetch_sub(&ng_mi_os_mapped_bytes, size, NG_RELAXED); /* statistics */
+}
+
+/* ---- Transparent huge pages ------------------------------------------------------------------ */
+
+/* The policy (ng_mi_hugepages), or -1 until NOGIL_HUGEPAGES has been read. */
+static int hugepage_mode = -1;
+
+static int mode_from_env(void)
+{
+    const char *v = getenv("NOGIL_HUGEPAGES");
+    if (v != NULL && strcmp(v, "never") == 0)
+        return NG_MI_HUGEPAGES_NEVER;
+    if (v != NULL && strcmp(v, "always") == 0)
+        return NG_MI_HUGEPAGES_ALWAYS;
+    return NG_MI_HUGEPAGES_AUTO;
+}
+
+ng_mi_hugepages ng_mi_get_hugepages(void)
+{
+    /* Relaxed: the mode is a standalone setting that orders nothing else. Racing first
+     * readers compute the same value; a setter that came first wins the CAS. */
+    int mode = ng_atomic_load(&hugepage_mode, NG_RELAXED);
+    if (mode < 0) {
+        int unset = -1;
+        mode = mode_from_env();
+        if (!ng_atomic_cas(&hugepage_mode, &unset, mode, NG_RELAXED, NG_RELAXED))
+            mode = unset;
+    }
+    return (ng_mi_hugepages)mode;
+}
+
+int ng_mi_set_hugepages(ng_mi_hugepages mode)
+{
+    if ((int)mode < NG_MI_HUGEPAGES_NEVER || (int)mode > NG_MI_HUGEPAGES_ALWAYS)
+        return NG_EINVAL;
+    ng_atomic_store(&hugepage_mode, (int)mode, NG_RELAXED); /* as in ng_mi_get_hugepages */
+    return NG_OK;
+}
+
+/* Linux 6.1's synchronous collapse (uapi asm-generic/mman-common.h); glibc 2.36 lacks it. */
+#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#define MADV_COLLAPSE 25
+#endif
+
+bool ng_mi_os_advise_hugepages(void *p, size_t size, bool collapse)
+{
+#ifdef MADV_HUGEPAGE
+    /* Faults after the advice map 2 MiB pages (segments are 4 MiB aligned). EINVAL from a
+     * kernel without THP leaves ordinary pages: nothing else changes. */
+    if (madvise(p, size, MADV_HUGEPAGE) != 0)
+        return false;
+    /* Memory already touched keeps its 4 KiB pages until khugepaged merges them, which takes
+     * seconds to minutes; the collapse does it now (copying, at most 4 MiB, once per
+     * segment). An older kernel's EINVAL, or EAGAIN/ENOMEM when no huge page can be had,
+     * leave that to khugepaged. */
+    if (collapse)
+        (void)madvise(p, size, MADV_COLLAPSE);
+    return true;
+#else
+    (void)p;
+    (void)size;
+    (void)collapse;
+    return false;
+#endif
 }

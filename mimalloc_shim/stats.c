@@ -30,12 +30,14 @@ static void heap_gauges_locked(ng_mi_heap *heap, ng_mi_stats *out)
     for (ng_mi_segment *s = t->data[heap->kind].segments; s != NULL; s = s->next) {
         out->segments++;
         out->bytes_mapped += s->size;
+        out->segments_hugepage += s->hugepages;
         for (uint32_t i = 0; i < s->page_count; i++)
             page_gauges(&s->pages[i], out);
     }
     if (heap->kind == NG_MI_HEAP_MEM && t->cached != NULL) {
         out->segments++;
         out->bytes_mapped += t->cached->size;
+        out->segments_hugepage += t->cached->hugepages;
         out->pages_free += t->cached->page_count;
     }
     for (ng_mi_segment *s = t->huge; s != NULL; s = s->next) {
@@ -69,7 +71,7 @@ void ng_mi_counters_add(ng_mi_stats *out, const ng_mi_counters *c)
 
 #define GAUGE_FIELDS(X)                                                                   \
     X(blocks_in_use) X(bytes_in_use) X(pages_in_use) X(pages_waiting) X(bytes_waiting)    \
-    X(pages_free) X(segments) X(bytes_mapped) X(huge_blocks)
+    X(pages_free) X(segments) X(bytes_mapped) X(segments_hugepage) X(huge_blocks)
 
 static void store_snapshot(ng_mi_heap_data *hd, const ng_mi_stats *g)
 {
@@ -155,6 +157,7 @@ int ng_mi_interp_get_stats(ng_interp *interp, ng_mi_stats *out)
     /* Relaxed: statistics. Mappings are counted exactly, whoever holds them. */
     out->segments = ng_atomic_load(&mi->segments, NG_RELAXED);
     out->bytes_mapped = ng_atomic_load(&mi->bytes_mapped, NG_RELAXED);
+    out->segments_hugepage = ng_atomic_load(&mi->segments_hugepage, NG_RELAXED);
     out->segments_abandoned = ng_atomic_load(&mi->segments_abandoned, NG_RELAXED);
     out->mmap_failures += ng_atomic_load(&mi->mmap_failures, NG_RELAXED);
     return NG_OK;

@@ -29,6 +29,9 @@ type Stats struct {
 	Segments uint64
 	// BytesMapped is the memory mapped for them.
 	BytesMapped uint64
+	// SegmentsHugepage counts the segments among them advised for transparent huge pages
+	// (see SetHugepages).
+	SegmentsHugepage uint64
 	// HugeBlocks counts live blocks larger than LargeMax (one huge segment each).
 	HugeBlocks uint64
 
@@ -60,6 +63,7 @@ func statsFromC(s *C.ng_mi_stats) Stats {
 		PagesAbandoned:         uint64(s.pages_abandoned),
 		Segments:               uint64(s.segments),
 		BytesMapped:            uint64(s.bytes_mapped),
+		SegmentsHugepage:       uint64(s.segments_hugepage),
 		HugeBlocks:             uint64(s.huge_blocks),
 		PagesDeferred:          uint64(s.pages_deferred),
 		PagesReleasedAfterGoal: uint64(s.pages_released_after_goal),
