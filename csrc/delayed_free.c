@@ -53,12 +53,12 @@ int ng_test_fail_delayed_chunk_alloc;
 
 /* Entry runs in progress on this thread. A barrier called from an entry would wait for work
  * queued behind the very entry that is running it. */
-static __thread unsigned delayed_running;
+static NG_THREAD_LOCAL unsigned delayed_running;
 
 #ifdef NOGIL_TORTURE
 /* Forcing knob: give up the CPU at one in four interesting points, so that other threads
  * interleave where a short window would otherwise almost never be hit. */
-static __thread uint64_t torture_rng;
+static NG_THREAD_LOCAL uint64_t torture_rng;
 
 static void torture_yield(void)
 {

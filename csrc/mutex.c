@@ -47,7 +47,7 @@ static int spin_limit = -1; /* -1: decide from the CPU count on first use */
  * Per thread, because it describes the CPU the thread runs on, which another thread need not
  * share. A fork child inherits the forking thread's value, which only changes how it waits
  * for the next 10 ms. */
-static __thread int64_t sleep_spin_until;
+static NG_THREAD_LOCAL int64_t sleep_spin_until;
 
 /* A contended lock taken back from us this soon after our wait ended it was not a turn: the
  * previous owner's first lock call after its unlock (one CAS, before it would spin) met the
@@ -62,7 +62,7 @@ static __thread int64_t sleep_spin_until;
 /* When this thread last took the lock at the end of a contended wait (monotonic ns). Per
  * thread, like the hint above, and gone with the thread; a fork child inherits it, which can
  * only make its first wait within 20 us look at the byte. */
-static __thread int64_t won_after_wait_at;
+static NG_THREAD_LOCAL int64_t won_after_wait_at;
 
 /* What a parked locker shares with the unlocker that wakes it (through park_arg). */
 typedef struct mutex_waiter {

@@ -39,7 +39,7 @@ typedef struct bucket {
 
 static bucket buckets[NUM_BUCKETS];
 
-static __thread ng_cancel *current_cancel;
+static NG_THREAD_LOCAL ng_cancel *current_cancel;
 static const ng_block_hooks *block_hooks;
 
 static bucket *bucket_for(const void *addr)

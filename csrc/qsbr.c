@@ -72,7 +72,7 @@ void (*ng_test_qsbr_stall_sighting_hook)(ng_qsbr_slot *laggard, uint64_t seq);
 /* Every second delayed free advances the write sequence. */
 #define DEFAULT_ITEM_LIMIT 1
 
-static __thread uint64_t torture_rng;
+static NG_THREAD_LOCAL uint64_t torture_rng;
 
 /* Yields the CPU about one time in four, to widen the windows between the steps of a scan,
  * a reservation or a poll. */

@@ -2,7 +2,7 @@
 #include "internal.h"
 
 static uint64_t last_thread_id;
-__thread uint64_t ng_thread_id_cached;
+NG_THREAD_LOCAL uint64_t ng_thread_id_cached;
 
 uint64_t ng_thread_id_assign(void)
 {

@@ -44,8 +44,8 @@ static ng_pool tstate_pool = {.keep = TSTATE_QUARANTINE};
 
 /* The state this thread has attached (at most one), and the states bound to it (newest first,
  * linked through thread_next). */
-static __thread ng_tstate *tls_current;
-static __thread ng_tstate *tls_bound;
+static NG_THREAD_LOCAL ng_tstate *tls_current;
+static NG_THREAD_LOCAL ng_tstate *tls_bound;
 
 static pthread_key_t exit_key;
 static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
@@ -54,7 +54,7 @@ static int exit_key_status = NG_ENOMEM;
 #ifdef NOGIL_TORTURE
 void ng_tstate_torture_yield(void)
 {
-    static __thread uint64_t rng;
+    static NG_THREAD_LOCAL uint64_t rng;
     if (rng == 0)
         rng = ng_thread_id() * UINT64_C(0x9e3779b97f4a7c15) | 1;
     rng ^= rng << 13;
