@@ -31,8 +31,9 @@ static void abandon_segment(ng_mi_thread *t, ng_mi_segment *s)
         ng_atomic_store(&page->heap, NULL, NG_RELEASE);
     }
     ng_mi_seglist_remove(&t->data[s->heap_kind].segments, s);
-    /* Relaxed: 0 matches no thread, so every free takes the out-of-line path from now. */
-    ng_atomic_store(&s->thread_id, 0, NG_RELAXED);
+    /* Relaxed: NG_MI_NO_THREAD matches no thread, so every free takes the out-of-line path
+     * from now. */
+    ng_atomic_store(&s->thread_id, NG_MI_NO_THREAD, NG_RELAXED);
     s->owner = NULL;
     ng_mi_interp_lock(mi);
     ng_mi_seglist_push(&mi->abandoned[s->heap_kind], s);
@@ -95,7 +96,7 @@ void ng_mi_thread_abandon(ng_mi_thread *t, bool fork_child)
         ng_mi_segment *s = t->huge;
         ng_mi_seglist_remove(&t->huge, s);
         ng_atomic_store(&s->pages[0].heap, NULL, NG_RELAXED); /* under the lock */
-        ng_atomic_store(&s->thread_id, 0, NG_RELAXED);
+        ng_atomic_store(&s->thread_id, NG_MI_NO_THREAD, NG_RELAXED);
         s->owner = NULL;
         ng_mi_seglist_push(&mi->abandoned_huge, s);
         NG_MI_LEN_ADD(mi->abandoned_huge_n, 1);

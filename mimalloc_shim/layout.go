@@ -76,11 +76,12 @@ type pageView struct {
 	retireExpire  uint8
 	bin           uint8
 	reservedFlags uint8
+	reserved2     uint64
 }
 
 // segmentView is the header of ng_mi_segment; the page descriptors follow it.
 type segmentView struct {
-	threadID  uint64 // atomic: the owner's ng_thread_id(); 0 while abandoned
+	threadID  uint64 // atomic: the owner's ng_thread_id(); NG_MI_NO_THREAD while abandoned
 	pageShift uint32
 	kind      uint8
 	heapKind  uint8

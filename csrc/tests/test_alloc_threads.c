@@ -234,6 +234,76 @@ TEST(alloc_threads_reclaimed_waiting_page_keeps_its_goal)
     end_scene(in, ts);
 }
 
+/* ==== A thread without an id frees into an abandoned segment =========================================== */
+
+typedef struct idless_free {
+    void *block;
+    bool had_no_id; /* the thread's id was not assigned when it freed */
+    int status;
+} idless_free;
+
+typedef struct one_block {
+    ng_interp *in;
+    void *block;
+} one_block;
+
+static void *leave_one_block(void *arg)
+{
+    one_block *o = arg;
+    ng_tstate *ts = attached_state(o->in);
+    if (ts == NULL)
+        return NULL;
+    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+    if (obj != NULL)
+        o->block = ng_mi_heap_malloc(obj, 64);
+    CHECK_STATUS(ng_tstate_release(ts), NG_OK);
+    return NULL;
+}
+
+/* A plain thread: no nogil call before the free. */
+static void *free_without_an_id(void *arg)
+{
+    idless_free *f = arg;
+    f->had_no_id = ng_thread_id_cached == 0;
+    f->status = ng_mi_free(f->block);
+    return NULL;
+}
+
+TEST(alloc_threads_free_by_a_thread_without_an_id_into_an_abandoned_segment)
+{
+    /* The inline free compares the segment's owner with the caller's thread-local id word
+     * as it is, unassigned (0) included: an abandoned segment must hold a value no thread
+     * has, or such a free would take the owner's unsynchronised path. It must push onto the
+     * page's thread_free list instead. */
+    INTERP_SCENE(in);
+    one_block o = {.in = in};
+    alloc_run_thread(leave_one_block, &o);
+    void *block = o.block;
+    REQUIRE(block != NULL);
+    ng_mi_segment *seg = ng_mi_segment_of(block);
+    ng_mi_page *page = alloc_page_of(block);
+    CHECK_EQ(ng_atomic_load(&seg->thread_id, NG_RELAXED), NG_MI_NO_THREAD);
+    CHECK_GE(alloc_interp_stats(in).pages_abandoned, 1);
+
+    idless_free f = {.block = block};
+    alloc_run_thread(free_without_an_id, &f);
+    CHECK(f.had_no_id);
+    CHECK_STATUS(f.status, NG_OK);
+    uintptr_t tf = ng_atomic_load(&page->thread_free, NG_ACQUIRE);
+    CHECK_PTR_EQ((void *)(tf & ~NG_MI_DELAY_MASK), block);
+    CHECK(page->local_free != block);
+
+    /* Reclaimed, the block is collected as free, and the page is empty. */
+    ng_tstate *ts = attached_state(in);
+    REQUIRE(ts != NULL);
+    ng_mi_heap *obj = alloc_heap(ts, NG_MI_HEAP_OBJECT);
+    REQUIRE(obj != NULL);
+    CHECK_STATUS(ng_mi_heap_collect(obj, true), NG_OK);
+    CHECK_EQ(alloc_interp_stats(in).pages_abandoned, 0);
+    CHECK_EQ(alloc_heap_stats(obj).blocks_in_use, 0);
+    end_scene(in, ts);
+}
+
 /* ==== Interpreter deletion ========================================================================== */
 
 static void *leave_everything(void *arg)
