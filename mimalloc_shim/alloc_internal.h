@@ -60,6 +60,8 @@ void ng_mi_size_init(void);
 enum {
     NG_MI_PF_QUEUED = 1u << 0,      /* in a bin queue or the full queue of its heap */
     NG_MI_PF_QSBR_LINKED = 1u << 1, /* in its owner thread's deferred-page FIFO */
+    NG_MI_PF_ROTATED = 1u << 2,     /* found exhausted and sent round its bin since it last
+                                     * served an allocation (malloc.c's scan) */
 };
 
 /* The two low bits of page->thread_free (documented in page.c). */
@@ -262,6 +264,10 @@ void ng_mi_page_collect(ng_mi_page *page);
 uintptr_t ng_mi_page_set_delayed(ng_mi_page *page, uintptr_t state, bool no_wait);
 void ng_mi_page_unqueue(ng_mi_page *page);
 void ng_mi_page_enqueue(ng_mi_page *page, bool front);
+/* Links a page into its bin queue behind the pages in use and before the waiting ones (at
+ * most NG_MI_WAITING_WALK of them are stepped over; behind more, at the front). Queue links
+ * only: the caller keeps the flags and direct[] right. */
+void ng_mi_pq_insert_behind_in_use(ng_mi_page_queue *q, ng_mi_page *page);
 /* A full page leaves the full queue for its bin queue (owner). */
 void ng_mi_page_unfull(ng_mi_page *page);
 /* A page without free blocks moves to the full queue; false (and left in place) when blocks

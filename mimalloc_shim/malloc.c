@@ -15,8 +15,9 @@ static void *page_pop(ng_mi_page *page)
     return b;
 }
 
-/* The first page of the bin that has (or, collected, gets) a free block. Pages found full go
- * to the full queue; a waiting page that is picked loses its goal (M3). */
+/* The first page of the bin that has (or, collected, gets) a free block. A page found
+ * exhausted goes round to the back of the bin once, to the full queue the next time; a
+ * waiting page that is picked loses its goal (M3). */
 static ng_mi_page *scan_bin(ng_mi_heap *heap, size_t bin)
 {
     ng_mi_page_queue *q = &ng_mi_heap_data_of(heap)->bins[bin];
@@ -25,11 +26,29 @@ static ng_mi_page *scan_bin(ng_mi_heap *heap, size_t bin)
         ng_mi_page_collect(page);
         if (page->free == NULL)
             ng_mi_page_extend(page);
+        if (page->free == NULL && next != NULL && !(page->reserved_flags & NG_MI_PF_ROTATED)) {
+            /* Exhausted, with other pages to try: round to the back, behind the pages in use.
+             * Blocks freed at random come back to it meanwhile through the owner's inline free
+             * (its flags stay 0), and the scan finds them when it comes round. The full queue
+             * instead costs a trip through ng_mi_free_generic at the first free and two
+             * atomic RMWs of thread_free per round trip (below). Queue links only: direct[]
+             * may keep pointing at it (exhausted, of this bin) until a page is picked below.
+             * Replace-in-window at 100,000 live blocks, 3 alternating runs: 2.08-2.21x glibc
+             * against 1.99-2.07x with the full queue at every exhaustion, and 0.06 full-queue
+             * round trips per thousand ops instead of 27. The mark keeps the scan finite and
+             * sends a page that is still exhausted when it comes round to the full queue, so
+             * a heap of long-lived blocks is not re-walked. */
+            page->reserved_flags |= NG_MI_PF_ROTATED;
+            ng_mi_pq_remove(q, page);
+            ng_mi_pq_insert_behind_in_use(q, page);
+            continue;
+        }
         if (page->free == NULL) {
-            /* Exhausted: parked in the full queue (two atomic RMWs of its thread_free word,
-             * USE now and NORMAL when a block comes back), so later scans do not re-walk it.
-             * It returns at the back of the bin (ng_mi_page_unfull), so each round trip buys
-             * the blocks freed into it meanwhile. */
+            page->reserved_flags &= (uint8_t)~NG_MI_PF_ROTATED;
+            /* Exhausted again: parked in the full queue (two atomic RMWs of its thread_free
+             * word, USE now and NORMAL when a block comes back), so later scans do not re-walk
+             * it. It returns at the back of the bin (ng_mi_page_unfull), so each round trip
+             * buys the blocks freed into it meanwhile. */
             if (ng_mi_page_to_full(page))
                 continue;
             if (page->free == NULL)
@@ -38,6 +57,7 @@ static ng_mi_page *scan_bin(ng_mi_heap *heap, size_t bin)
         if (page->reserved_flags & NG_MI_PF_QSBR_LINKED)
             ng_mi_page_reuse_waiting(page);
         page->retire_expire = 0;
+        page->reserved_flags &= (uint8_t)~NG_MI_PF_ROTATED;
         if (q->first != page) {
             ng_mi_page_unqueue(page);
             ng_mi_page_enqueue(page, true);

@@ -240,8 +240,45 @@ static void clear_use_delayed(ng_mi_page *page)
     }
 }
 
-/* Waiting pages an unfull steps over to queue a page in front of them (see below). */
-#define NG_MI_UNFULL_WALK 8
+/* Waiting pages a page steps over to be queued in front of them (see below). */
+#define NG_MI_WAITING_WALK 8
+
+/* A page that may get blocks back (one leaving the full queue, or one the scan found
+ * exhausted and sends round once) goes behind the pages of its bin that have blocks to hand
+ * out, as mimalloc queues a page leaving the full queue (mi_page_queue_enqueue_from_full).
+ * At the front it became the direct[] page with a single block: with blocks freed at random
+ * (a window of live objects) every other allocation took the slow path, and pages cycled
+ * between the full queue and the front of their bin at every free, two atomic RMWs each; by
+ * the time a page comes round from the back it has gathered many frees. Measured at 100,000
+ * live blocks of 16..256 bytes replaced at random: 0.53 slow-path allocations and 0.29
+ * full-queue round trips per op before, 0.06 and 0.04 after; the slow-path work kept the
+ * core from overlapping the cache misses of successive ops: ~4x slower than mimalloc
+ * before, on par after.
+ * Waiting pages (QSBR goal) sit at the back of the queue so that a scan takes a page in use
+ * before it drops a goal: the page goes in front of them. A long run of waiting pages (more
+ * than NG_MI_WAITING_WALK) is not walked: the page goes to the front. */
+void ng_mi_pq_insert_behind_in_use(ng_mi_page_queue *q, ng_mi_page *page)
+{
+    ng_mi_page *after = q->last;
+    for (int n = 0; after != NULL && (after->reserved_flags & NG_MI_PF_QSBR_LINKED); n++) {
+        if (n == NG_MI_WAITING_WALK) {
+            ng_mi_pq_push_front(q, page);
+            return;
+        }
+        after = after->prev;
+    }
+    if (after == NULL) {
+        ng_mi_pq_push_front(q, page);
+        return;
+    }
+    page->prev = after;
+    page->next = after->next;
+    if (after->next != NULL)
+        after->next->prev = page;
+    else
+        q->last = page;
+    after->next = page;
+}
 
 void ng_mi_page_unfull(ng_mi_page *page)
 {
@@ -249,42 +286,8 @@ void ng_mi_page_unfull(ng_mi_page *page)
         return;
     clear_use_delayed(page);
     ng_mi_page_unqueue(page);
-    /* A page leaving the full queue has just got back one block (or a few): it goes behind
-     * the pages of its bin that have blocks to hand out, as in mimalloc
-     * (mi_page_queue_enqueue_from_full enqueues at the end). At the front it became the
-     * direct[] page with a single block: with blocks freed at random (a window of live
-     * objects) every other allocation took the slow path, and pages cycled between the full
-     * queue and the front of their bin at every free, two atomic RMWs each; by the time a
-     * page comes round from the back it has gathered many frees. Measured at 100,000 live
-     * blocks of 16..256 bytes replaced at random: 0.53 slow-path allocations and 0.29
-     * full-queue round trips per op before, 0.06 and 0.04 after; the slow-path work kept the
-     * core from overlapping the cache misses of successive ops: ~4x slower than mimalloc
-     * before, on par after.
-     * Waiting pages (QSBR goal) sit at the back of the queue so that a scan takes a page in
-     * use before it drops a goal: the page goes in front of them. A long run of waiting pages
-     * (more than NG_MI_UNFULL_WALK) is not walked: the page goes to the front, as before. */
     ng_mi_heap *heap = owner_heap(page);
-    ng_mi_page_queue *q = &ng_mi_heap_data_of(heap)->bins[page->bin];
-    ng_mi_page *after = q->last;
-    for (int n = 0; after != NULL && (after->reserved_flags & NG_MI_PF_QSBR_LINKED); n++) {
-        if (n == NG_MI_UNFULL_WALK) {
-            ng_mi_page_enqueue(page, true);
-            return;
-        }
-        after = after->prev;
-    }
-    if (after == NULL) {
-        ng_mi_pq_push_front(q, page);
-    }
-    else {
-        page->prev = after;
-        page->next = after->next;
-        if (after->next != NULL)
-            after->next->prev = page;
-        else
-            q->last = page;
-        after->next = page;
-    }
+    ng_mi_pq_insert_behind_in_use(&ng_mi_heap_data_of(heap)->bins[page->bin], page);
     page->reserved_flags |= NG_MI_PF_QUEUED;
     ng_mi_heap_update_direct(heap, page->bin);
 }

@@ -338,6 +338,83 @@ TEST(alloc_full_page_learns_about_foreign_frees)
     end_scene(in, ts);
 }
 
+/* The next block of `size` from `h`, kept in `kept`; NULL when that is full. */
+static void *keep_block(ng_mi_heap *h, size_t size, void **kept, size_t *n, size_t cap)
+{
+    if (*n == cap)
+        return NULL;
+    void *p = ng_mi_heap_malloc(h, size);
+    if (p != NULL)
+        kept[(*n)++] = p;
+    return p;
+}
+
+static bool rotated(const ng_mi_page *page) { return page->reserved_flags & NG_MI_PF_ROTATED; }
+
+TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
+{
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
+    const size_t size = 1024;
+    size_t cap = 4096, n = 0;
+    void **kept = calloc(cap, sizeof *kept);
+    REQUIRE(kept != NULL);
+
+    /* A lone page that runs out has nothing to go round to: the full queue at once. */
+    void *p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    ng_mi_page *a = alloc_page_of(p);
+    while (p != NULL && alloc_page_of(p) == a)
+        p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    ng_mi_page *b = alloc_page_of(p);
+    CHECK(a->flags & NG_MI_PAGE_IN_FULL);
+    CHECK(!rotated(a));
+
+    /* One block of a comes back: a leaves the full queue for the back of the bin. Once b
+     * runs out, b goes round behind a (not to the full queue) and a serves. */
+    ng_mi_free(kept[0]);
+    void *a_block = kept[0];
+    kept[0] = NULL;
+    CHECK(!(a->flags & NG_MI_PAGE_IN_FULL));
+    while (p != NULL && alloc_page_of(p) == b)
+        p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    CHECK_PTR_EQ(p, a_block);
+    CHECK(rotated(b));
+    CHECK(!(b->flags & NG_MI_PAGE_IN_FULL));
+    CHECK_PTR_EQ(ng_mi_heap_data_of(mem)->bins[a->bin].first, a);
+
+    /* The owner's free into b takes the inline path (its flags are 0): local_free. */
+    void *b_block = kept[n - 2];
+    REQUIRE(alloc_page_of(b_block) == b);
+    kept[n - 2] = NULL;
+    ng_mi_free(b_block);
+    CHECK_PTR_EQ(b->local_free, b_block);
+    CHECK_EQ(b->flags, 0);
+
+    /* a runs out: round it goes, and b, come round, serves the block it got back; serving
+     * clears its mark. */
+    p = keep_block(mem, size, kept, &n, cap);
+    CHECK_PTR_EQ(p, b_block);
+    CHECK(rotated(a));
+    CHECK(!rotated(b));
+    CHECK(!(a->flags & NG_MI_PAGE_IN_FULL));
+
+    /* b runs out and goes round; a, still exhausted when it comes round, goes to the full
+     * queue, and so does b: a new page serves. */
+    p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    CHECK(alloc_page_of(p) != a && alloc_page_of(p) != b);
+    CHECK(a->flags & NG_MI_PAGE_IN_FULL);
+    CHECK(b->flags & NG_MI_PAGE_IN_FULL);
+    CHECK(!rotated(a) && !rotated(b));
+
+    for (size_t i = 0; i < n; i++)
+        ng_mi_free(kept[i]);
+    free(kept);
+    end_scene(in, ts);
+}
+
 /* ==== Out of memory ============================================================================ */
 
 TEST(alloc_mmap_failure_returns_enomem_and_recovers)
