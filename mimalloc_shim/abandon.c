@@ -4,8 +4,8 @@
  * heap any more), the heap's delayed list is drained, every page collected; empty pages are
  * freed (MEM) or deferred (object heaps: they just became empty, readers may still look), the
  * deferred pages whose goal is reached are released, and then each segment is unmapped when
- * nothing is left in it, or moved to the pool: no owner, thread id 0, waiting pages unlinked
- * from the FIFO but keeping their goal.
+ * nothing is left in it, or moved to the pool: no owner, thread id NG_MI_NO_THREAD, waiting
+ * pages unlinked from the FIFO but keeping their goal.
  *
  * Reclaiming (a thread that needs pages, ng_mi_heap_collect with force, a fork child's
  * survivor): segments of the heap's kind move to the reclaiming heap set; in-use pages join
@@ -96,6 +96,8 @@ void ng_mi_thread_abandon(ng_mi_thread *t, bool fork_child)
         ng_mi_segment *s = t->huge;
         ng_mi_seglist_remove(&t->huge, s);
         ng_atomic_store(&s->pages[0].heap, NULL, NG_RELAXED); /* under the lock */
+        /* Relaxed, as for the other segments above: frees from now on go out of line,
+         * where a huge block's free takes this lock. */
         ng_atomic_store(&s->thread_id, NG_MI_NO_THREAD, NG_RELAXED);
         s->owner = NULL;
         ng_mi_seglist_push(&mi->abandoned_huge, s);

@@ -60,8 +60,8 @@ void ng_mi_size_init(void);
 enum {
     NG_MI_PF_QUEUED = 1u << 0,      /* in a bin queue or the full queue of its heap */
     NG_MI_PF_QSBR_LINKED = 1u << 1, /* in its owner thread's deferred-page FIFO */
-    NG_MI_PF_ROTATED = 1u << 2,     /* found exhausted and sent round its bin since it last
-                                     * served an allocation (malloc.c's scan) */
+    NG_MI_PF_ROTATED = 1u << 2,     /* found exhausted and sent round its bin since the slow
+                                     * path last took blocks from it (malloc.c) */
 };
 
 /* The two low bits of page->thread_free (documented in page.c). */

@@ -16,11 +16,11 @@
 //
 // Memory comes from the kernel in 4 MiB segments (SegmentSize); a segment holds 64 KiB pages
 // of blocks up to SmallMax, 512 KiB pages up to MediumMax, or one page of a block up to
-// LargeMax; a bigger block gets a segment of its own (a huge block). Once a heap has filled
-// its first segment of small (or medium) pages, its segments of that kind are advised for
-// transparent huge pages: blocks picked at random from more memory than the TLB covers with
-// 4 KiB pages stop missing it, and a small heap keeps 4 KiB pages and a small resident set
-// (SetHugepages, NOGIL_HUGEPAGES, Stats.SegmentsHugepage).
+// LargeMax; a bigger block gets a segment of its own (a huge block). Once a heap needs a new
+// segment of small (or medium) pages while it has mostly used one, its dense segments of that
+// kind are put on transparent huge pages: blocks picked at random from more memory than the
+// TLB covers with 4 KiB pages stop missing it, and a small heap keeps 4 KiB pages and a small
+// resident set (SetHugepages, NOGIL_HUGEPAGES, Stats.SegmentsHugepage).
 //
 // # QSBR-gated reuse
 //

@@ -16,15 +16,17 @@ import (
 // Blocks used at random from more memory than the TLB covers with 4 KiB pages (about 6 MiB
 // on current x86 cores) miss the TLB on most accesses; 2 MiB pages remove those misses. A
 // huge page is resident as a whole once touched, so the default, HugepagesAuto, keeps a
-// heap's first segment of each kind on 4 KiB pages: small heaps stay small.
+// heap on 4 KiB pages until it outgrows a segment it has mostly used: small heaps stay
+// small.
 type Hugepages int
 
 const (
 	// HugepagesNever advises no segment.
 	HugepagesNever Hugepages = C.NG_MI_HUGEPAGES_NEVER
-	// HugepagesAuto (the default) advises a heap's second and later segments of small
-	// (blocks up to SmallMax) and medium (up to MediumMax) pages: the heap has filled 4 MiB
-	// of such pages when it maps them.
+	// HugepagesAuto (the default) advises a new segment of small (blocks up to SmallMax)
+	// or medium (up to MediumMax) pages when the heap already has one of that kind with
+	// blocks carved from three quarters of it or more, and then advises those dense ones
+	// too, collapsing their 4 KiB pages into huge ones (two per new segment).
 	HugepagesAuto Hugepages = C.NG_MI_HUGEPAGES_AUTO
 	// HugepagesAlways advises every small, medium and large segment (never the huge ones
 	// of blocks above LargeMax).
@@ -45,10 +47,13 @@ func (m Hugepages) String() string {
 
 // SetHugepages sets the policy for segments mapped from now on, in every interpreter of the
 // process; segments mapped earlier keep their advice. The environment variable
-// NOGIL_HUGEPAGES ("never", "auto", "always") sets the initial policy. A value other than
-// the three constants is an error matching nogil.ErrInvalid.
+// NOGIL_HUGEPAGES ("never", "auto", "always"), read when the first segment is mapped, sets
+// the initial policy. A value other than the three constants is an error matching
+// nogil.ErrInvalid.
 func SetHugepages(m Hugepages) error {
-	if st := C.ng_mi_set_hugepages(C.ng_mi_hugepages(m)); st != C.NG_OK {
+	// Checked here too: the C enum is narrower than int, so a large value would wrap to a
+	// valid one on its way there.
+	if m < HugepagesNever || m > HugepagesAlways || C.ng_mi_set_hugepages(C.ng_mi_hugepages(m)) != C.NG_OK {
 		return newError("SetHugepages", fmt.Sprintf("unknown policy %d", int(m)), nogil.ErrInvalid)
 	}
 	return nil

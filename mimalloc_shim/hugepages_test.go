@@ -25,7 +25,7 @@ func thpSupported(t *testing.T) bool {
 
 func TestSetHugepagesRejectsUnknownPolicies(t *testing.T) {
 	before := CurrentHugepages()
-	for _, m := range []Hugepages{-1, 3} {
+	for _, m := range []Hugepages{-1, 3, 1 << 32, 1<<32 + 1} {
 		if err := SetHugepages(m); !errors.Is(err, nogil.ErrInvalid) {
 			t.Errorf("SetHugepages(%v) = %v, want an error matching nogil.ErrInvalid", m, err)
 		}
@@ -36,7 +36,8 @@ func TestSetHugepagesRejectsUnknownPolicies(t *testing.T) {
 }
 
 // The auto policy through the Go API: a heap's first small segment stays on ordinary pages,
-// and filling it gets that one and the next advised, as Stats reports.
+// and filling it (densely: one size class) gets that one and the next advised, as Stats
+// reports.
 func TestHugepagesAutoCountsInStats(t *testing.T) {
 	before := CurrentHugepages()
 	must(t, "SetHugepages", SetHugepages(HugepagesAuto))

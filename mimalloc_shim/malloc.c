@@ -167,6 +167,7 @@ void *ng_mi_heap_malloc_generic(ng_mi_heap *heap, size_t size)
         }
         if (page->free != NULL) {
             page->retire_expire = 0;
+            page->reserved_flags &= (uint8_t)~NG_MI_PF_ROTATED; /* it serves again */
             if (size <= NG_MI_DIRECT_MAX && heap->direct[(size + 7) >> 3] != page)
                 ng_mi_heap_update_direct(heap, bin);
             return page_pop(page);

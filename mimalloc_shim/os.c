@@ -105,13 +105,24 @@ int ng_mi_set_hugepages(ng_mi_hugepages mode)
 #define MADV_COLLAPSE 25
 #endif
 
+/* Set once madvise(MADV_HUGEPAGE) has failed with EINVAL: a kernel built without
+ * transparent huge pages (or one that has them switched off for good), which later calls
+ * would only ask again. */
+static int thp_unavailable;
+
 bool ng_mi_os_advise_hugepages(void *p, size_t size, bool collapse)
 {
 #ifdef MADV_HUGEPAGE
-    /* Faults after the advice map 2 MiB pages (segments are 4 MiB aligned). EINVAL from a
-     * kernel without THP leaves ordinary pages: nothing else changes. */
-    if (madvise(p, size, MADV_HUGEPAGE) != 0)
+    /* Relaxed: a hint that saves system calls; a stale 0 only costs one more. */
+    if (ng_atomic_load(&thp_unavailable, NG_RELAXED))
         return false;
+    /* Faults after the advice map 2 MiB pages (segments are 4 MiB aligned). A failure leaves
+     * ordinary pages: nothing else changes. */
+    if (madvise(p, size, MADV_HUGEPAGE) != 0) {
+        if (errno == EINVAL)
+            ng_atomic_store(&thp_unavailable, 1, NG_RELAXED);
+        return false;
+    }
     /* Memory already touched keeps its 4 KiB pages until khugepaged merges them, which takes
      * seconds to minutes; the collapse does it now (copying, at most 4 MiB, once per
      * segment). An older kernel's EINVAL, or EAGAIN/ENOMEM when no huge page can be had,

@@ -219,21 +219,42 @@ static void geometry(int seg_kind, size_t *page_count, uint32_t *shift)
 
 /* ---- Allocation and release --------------------------------------------------------------------- */
 
-/* An owned segment that has been touched already. */
-static void advise_hugepages(ng_mi_interp *mi, ng_mi_segment *s)
+/* A segment the heap owns already. `collapse`: merge its touched 4 KiB pages into huge ones
+ * now (os.c); otherwise only later faults get huge pages. */
+static void advise_hugepages(ng_mi_interp *mi, ng_mi_segment *s, bool collapse)
 {
-    if (s->hugepages || !ng_mi_os_advise_hugepages(s, s->size, true))
+    if (s->hugepages || !ng_mi_os_advise_hugepages(s, s->size, collapse))
         return;
     s->hugepages = 1;
     ng_atomic_fetch_add(&mi->segments_hugepage, 1, NG_RELAXED); /* statistics */
 }
 
+/* Bytes of a segment that blocks have been carved from: the memory the allocator has touched
+ * (pages are carved lazily, a few KiB at a time: ng_mi_page_extend). */
+static size_t carved_bytes(const ng_mi_segment *s)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < s->page_count; i++)
+        if (s->pages[i].in_use)
+            n += (size_t)s->pages[i].capacity * s->pages[i].block_size;
+    return n;
+}
+
+/* A segment carved this far is dense: collapsing it into huge pages makes at most a quarter
+ * of it resident that was not. */
+#define NG_MI_DENSE_BYTES (NG_MI_SEGMENT_SIZE / 4 * 3)
+/* Collapses per new segment: each copies up to 4 MiB (about 0.6 ms), in the allocating
+ * thread's slow path. */
+#define NG_MI_COLLAPSES_PER_MAP 2
+
 /* Whether a segment of seg_kind that heap data hd is about to own should be advised for
- * huge pages (nogil/alloc.h). In auto mode: when hd already owns one of that kind, which
- * ng_mi_segment_page_alloc only maps a new one for when those are full, so the heap has 4 MiB
- * or more of such pages in use and its blocks outgrow the TLB's reach with 4 KiB pages. The
- * ones it owns are advised then too: the first 4 MiB alone take 1,024 of the 1,500 or so
- * entries of a current x86 core's second-level TLB. */
+ * huge pages (nogil/alloc.h). In auto mode: when hd already owns a dense segment of that
+ * kind, whose blocks alone take most of the 1,500 or so entries of a current x86 core's
+ * second-level TLB; ng_mi_segment_page_alloc maps a new one only when those are full, so the
+ * heap is outgrowing the TLB's reach with 4 KiB pages. Its dense segments of that kind are
+ * advised and collapsed then too, NG_MI_COLLAPSES_PER_MAP at a time; sparse ones are left
+ * alone (collapsing them would make memory resident that no block uses) and looked at
+ * again when the next segment is mapped. */
 static bool wants_hugepages(ng_mi_interp *mi, ng_mi_heap_data *hd, int seg_kind)
 {
     switch (ng_mi_get_hugepages()) {
@@ -242,13 +263,18 @@ static bool wants_hugepages(ng_mi_interp *mi, ng_mi_heap_data *hd, int seg_kind)
     case NG_MI_HUGEPAGES_AUTO: {
         if (seg_kind != NG_MI_SEGMENT_SMALL && seg_kind != NG_MI_SEGMENT_MEDIUM)
             return false;
-        bool owns_one = false;
-        for (ng_mi_segment *s = hd->segments; s != NULL; s = s->next)
-            if (s->kind == seg_kind) {
-                advise_hugepages(mi, s);
-                owns_one = true;
+        bool dense = false;
+        int collapses = 0;
+        for (ng_mi_segment *s = hd->segments; s != NULL; s = s->next) {
+            if (s->kind != seg_kind || carved_bytes(s) < NG_MI_DENSE_BYTES)
+                continue;
+            dense = true;
+            if (!s->hugepages && collapses < NG_MI_COLLAPSES_PER_MAP) {
+                advise_hugepages(mi, s, true);
+                collapses++;
             }
-        return owns_one;
+        }
+        return dense;
     }
     default:
         return false;
@@ -265,10 +291,11 @@ ng_mi_segment *ng_mi_segment_alloc(ng_mi_heap *heap, int seg_kind, size_t huge_s
         ng_mi_segment *s = t->cached;
         t->cached = NULL;
         s->heap_kind = heap->kind;
-        /* Its populated part keeps its pages (khugepaged may merge them later); faults in
-         * the rest get huge ones. */
+        /* Empty, but what its earlier pages touched is still resident: not collapsed, which
+         * would make all of it resident. Faults in its untouched 2 MiB ranges get huge pages
+         * (khugepaged may merge the rest later). */
         if (hugepages)
-            advise_hugepages(mi, s);
+            advise_hugepages(mi, s, false);
         ng_mi_seglist_push(&hd->segments, s);
         return s;
     }

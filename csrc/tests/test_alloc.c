@@ -415,6 +415,57 @@ TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
     end_scene(in, ts);
 }
 
+TEST(alloc_rotated_page_loses_its_mark_when_the_slow_path_takes_its_frees)
+{
+    /* A page sent round its bin that becomes the bin's first page again (the page ahead of it
+     * emptied and left) serves through the slow path's quick take of the first page's frees:
+     * that counts as serving, so its next exhaustion sends it round again rather than
+     * straight to the full queue. */
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
+    const size_t size = 1024;
+    size_t cap = 4096, n = 0;
+    void **kept = calloc(cap, sizeof *kept);
+    REQUIRE(kept != NULL);
+    void *p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    ng_mi_page *a = alloc_page_of(p);
+    while (p != NULL && alloc_page_of(p) == a)
+        p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL);
+    ng_mi_page *b = alloc_page_of(p);
+    ng_mi_free(kept[0]); /* a leaves the full queue */
+    kept[0] = NULL;
+    while (p != NULL && alloc_page_of(p) == b)
+        p = keep_block(mem, size, kept, &n, cap);
+    REQUIRE(p != NULL && alloc_page_of(p) == a);
+    REQUIRE(rotated(b));
+
+    /* a empties and goes back to its segment: b, still marked, is the bin's first page. */
+    for (size_t i = 0; i < n; i++)
+        if (kept[i] != NULL && alloc_page_of(kept[i]) == a) {
+            ng_mi_free(kept[i]);
+            kept[i] = NULL;
+        }
+    REQUIRE(ng_mi_heap_data_of(mem)->bins[b->bin].first == b);
+    void *back = NULL;
+    for (size_t i = n; back == NULL && i-- > 0;)
+        if (kept[i] != NULL && alloc_page_of(kept[i]) == b) {
+            back = kept[i];
+            kept[i] = NULL;
+        }
+    REQUIRE(back != NULL);
+    ng_mi_free(back);
+    p = keep_block(mem, size, kept, &n, cap);
+    CHECK_PTR_EQ(p, back);
+    CHECK(!rotated(b));
+
+    for (size_t i = 0; i < n; i++)
+        if (kept[i] != NULL)
+            ng_mi_free(kept[i]);
+    free(kept);
+    end_scene(in, ts);
+}
+
 /* ==== Out of memory ============================================================================ */
 
 TEST(alloc_mmap_failure_returns_enomem_and_recovers)

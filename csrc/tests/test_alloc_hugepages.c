@@ -268,6 +268,83 @@ TEST(alloc_hugepages_auto_advises_a_heap_once_it_outgrows_its_first_segment)
     ng_mi_set_hugepages(before);
 }
 
+/* Pages of the segment at s that are resident (mincore), or -1. */
+static long resident_pages(const ng_mi_segment *s)
+{
+    static unsigned char vec[NG_MI_SEGMENT_SIZE / 4096];
+    long page = sysconf(_SC_PAGESIZE);
+    if (page != 4096 || mincore((void *)s, NG_MI_SEGMENT_SIZE, vec) != 0)
+        return -1;
+    long n = 0;
+    for (size_t i = 0; i < sizeof vec; i++)
+        n += vec[i] & 1;
+    return n;
+}
+
+TEST(alloc_hugepages_auto_leaves_sparse_segments_alone)
+{
+    /* One block of each medium size class, never written: every page of the first medium
+     * segment is in use but little of it was touched. The second segment that follows is not
+     * advised, and the first is not collapsed (which would make all 4 MiB resident). */
+    ng_mi_hugepages before = use_policy(NG_MI_HUGEPAGES_AUTO);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
+    free_all(&other_set);
+    ng_mi_segment *m1 = NULL, *m2 = NULL;
+    long resident_before = -1;
+    for (size_t size = NG_MI_SMALL_MAX + 1; size <= NG_MI_MEDIUM_MAX && m2 == NULL;
+         size += 4096) {
+        if (m1 != NULL)
+            resident_before = resident_pages(m1);
+        void *p = ng_mi_heap_malloc(mem, size);
+        REQUIRE(p != NULL);
+        other_set.b[other_set.n++] = p;
+        if (m1 == NULL)
+            m1 = ng_mi_segment_of(p);
+        else if (ng_mi_segment_of(p) != m1)
+            m2 = ng_mi_segment_of(p);
+    }
+    REQUIRE(m1 != NULL && m2 != NULL);
+    CHECK(advised_as(m1, false));
+    CHECK(advised_as(m2, false));
+    long resident_after = resident_pages(m1);
+    if (resident_before >= 0) /* 4 KiB pages: mincore is meaningful */
+        CHECK_LE(resident_after, 2 * resident_before);
+    CHECK(advice_consistent(in, NULL));
+    free_all(&other_set);
+    end_scene(in, ts);
+    ng_mi_set_hugepages(before);
+}
+
+TEST(alloc_hugepages_auto_collapses_two_dense_segments_per_new_one)
+{
+    /* Three dense segments filled while the policy was `never`; under `auto` the next
+     * mapping advises itself and two of them, the one after that the third. */
+    ng_mi_hugepages before = use_policy(NG_MI_HUGEPAGES_NEVER);
+    ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
+    free_all(&small_set);
+    ng_mi_segment *s[5];
+    for (int i = 0; i < 3; i++) {
+        s[i] = fill_until_new_segment(mem, &small_set, 1024);
+        REQUIRE(s[i] != NULL);
+    }
+    CHECK_STATUS(ng_mi_set_hugepages(NG_MI_HUGEPAGES_AUTO), NG_OK);
+    s[3] = fill_until_new_segment(mem, &small_set, 1024);
+    REQUIRE(s[3] != NULL);
+    int advised = 0;
+    for (int i = 0; i < 3; i++)
+        advised += s[i]->hugepages;
+    CHECK_EQ(advised, expect_advised(true) * 2);
+    CHECK(advised_as(s[3], true));
+    s[4] = fill_until_new_segment(mem, &small_set, 1024);
+    REQUIRE(s[4] != NULL);
+    for (int i = 0; i < 5; i++)
+        CHECK(advised_as(s[i], true));
+    CHECK(advice_consistent(in, NULL));
+    free_all(&small_set);
+    end_scene(in, ts);
+    ng_mi_set_hugepages(before);
+}
+
 TEST(alloc_hugepages_never_and_always)
 {
     ng_mi_hugepages before = use_policy(NG_MI_HUGEPAGES_NEVER);

@@ -42,16 +42,21 @@
  * threads without an attached state that are inside one of the allocator's short critical
  * sections, so the child never sees a list they had half updated. When the interpreter's last reference goes, every segment it still owns is unmapped.
  *
- * Huge pages: a heap that has filled a small (or medium) segment gets its next ones of that
- * kind advised for transparent huge pages (madvise MADV_HUGEPAGE, Linux; the kernel's
- * `enabled` setting must be `madvise` or `always`). Blocks picked at random from more memory
- * than the TLB covers with 4 KiB pages (about 6 MiB) miss it on most accesses; with 2 MiB
- * pages they do not. A heap's first segment of a kind stays on 4 KiB pages, so a small heap
- * keeps a small resident set: a huge page is resident as a whole once touched. Large and huge
- * segments are never advised in this mode (one block may touch 2 MiB for a few KiB). The
- * environment variable NOGIL_HUGEPAGES (read once, at the first heap) or ng_mi_set_hugepages
- * chooses: `auto` (the above, the default), `never`, or `always` (every small, medium and
- * large segment). ng_mi_stats.segments_hugepage counts the advised segments.
+ * Huge pages: blocks picked at random from more memory than the TLB covers with 4 KiB pages
+ * (about 6 MiB on current x86 cores) miss it on most accesses; with 2 MiB pages they do not.
+ * A huge page is resident as a whole once touched, though. So in the default policy (`auto`)
+ * a heap's segments stay on 4 KiB pages until it needs a new small (or medium) segment while
+ * it owns a dense one of that kind (blocks carved from three quarters of it or more): then
+ * the new segment is advised for transparent huge pages (madvise MADV_HUGEPAGE, Linux; the
+ * kernel's `enabled` setting must be `madvise` or `always`), and the dense ones are advised
+ * and collapsed into huge pages (MADV_COLLAPSE, Linux 6.1, best effort; two per new segment,
+ * each a copy of up to 4 MiB). Sparse segments are left alone. A small heap thus keeps 4 KiB
+ * pages and a small resident set. Large and huge segments are not advised in this mode (one
+ * block may touch 2 MiB for a few KiB). NOGIL_HUGEPAGES or ng_mi_set_hugepages chooses
+ * `auto`, `never`, or `always` (every small, medium and large segment when it is mapped; no
+ * collapse). The variable is read once, when the first segment is mapped or
+ * ng_mi_get_hugepages is first called: set it before the process starts threads that may
+ * call setenv(3). ng_mi_stats.segments_hugepage counts the advised segments.
  *
  * Errors: allocation failure (the kernel refuses a mapping, or the size overflows) returns
  * NULL with errno ENOMEM, never aborts. Compiled with NG_MI_DEBUG defined (the sanitizer
@@ -246,7 +251,7 @@ int ng_mi_heap_of(ng_tstate *ts, ng_mi_heap_kind kind, ng_mi_heap **out);
 /* Which segments are advised for transparent huge pages (header comment). */
 typedef enum ng_mi_hugepages {
     NG_MI_HUGEPAGES_NEVER = 0,
-    NG_MI_HUGEPAGES_AUTO = 1,   /* a heap's second and later small or medium segments */
+    NG_MI_HUGEPAGES_AUTO = 1,   /* small and medium segments of heaps with a dense one */
     NG_MI_HUGEPAGES_ALWAYS = 2, /* every small, medium and large segment */
 } ng_mi_hugepages;
 
@@ -325,7 +330,8 @@ NG_MI_FAST_PATH int ng_mi_free(void *p)
         return NG_OK;
     ng_mi_segment *segment = ng_mi_segment_of(p);
     /* Relaxed: only the owner stores its own id there (and only it replaces it, when it
-     * abandons the segment), so reading our id means we are the owner; any other value,
+     * abandons the segment; in a fork child the survivor replaces dead threads' ids, alone
+     * in the process), so reading our id means we are the owner; any other value,
      * however stale, takes the out-of-line path, which is right for every owner. A thread
      * whose id is not assigned yet reads 0 here, which no segment holds (NG_MI_NO_THREAD):
      * it owns nothing, and goes out of line too. */
