@@ -349,6 +349,18 @@ static void *keep_block(ng_mi_heap *h, size_t size, void **kept, size_t *n, size
     return p;
 }
 
+/* keep_block until a block comes from a page other than `page`: returns that block (NULL
+ * when `kept` is full or memory ran out). */
+static void *keep_until_off(ng_mi_heap *h, size_t size, void **kept, size_t *n, size_t cap,
+                            const ng_mi_page *page)
+{
+    void *p;
+    do
+        p = keep_block(h, size, kept, n, cap);
+    while (p != NULL && alloc_page_of(p) == page);
+    return p;
+}
+
 static bool rotated(const ng_mi_page *page) { return page->reserved_flags & NG_MI_PF_ROTATED; }
 
 TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
@@ -363,8 +375,7 @@ TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
     void *p = keep_block(mem, size, kept, &n, cap);
     REQUIRE(p != NULL);
     ng_mi_page *a = alloc_page_of(p);
-    while (p != NULL && alloc_page_of(p) == a)
-        p = keep_block(mem, size, kept, &n, cap);
+    p = keep_until_off(mem, size, kept, &n, cap, a);
     REQUIRE(p != NULL);
     ng_mi_page *b = alloc_page_of(p);
     CHECK(a->flags & NG_MI_PAGE_IN_FULL);
@@ -376,8 +387,7 @@ TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
     void *a_block = kept[0];
     kept[0] = NULL;
     CHECK(!(a->flags & NG_MI_PAGE_IN_FULL));
-    while (p != NULL && alloc_page_of(p) == b)
-        p = keep_block(mem, size, kept, &n, cap);
+    p = keep_until_off(mem, size, kept, &n, cap, b);
     REQUIRE(p != NULL);
     CHECK_PTR_EQ(p, a_block);
     CHECK(rotated(b));
@@ -429,14 +439,12 @@ TEST(alloc_rotated_page_loses_its_mark_when_the_slow_path_takes_its_frees)
     void *p = keep_block(mem, size, kept, &n, cap);
     REQUIRE(p != NULL);
     ng_mi_page *a = alloc_page_of(p);
-    while (p != NULL && alloc_page_of(p) == a)
-        p = keep_block(mem, size, kept, &n, cap);
+    p = keep_until_off(mem, size, kept, &n, cap, a);
     REQUIRE(p != NULL);
     ng_mi_page *b = alloc_page_of(p);
     ng_mi_free(kept[0]); /* a leaves the full queue */
     kept[0] = NULL;
-    while (p != NULL && alloc_page_of(p) == b)
-        p = keep_block(mem, size, kept, &n, cap);
+    p = keep_until_off(mem, size, kept, &n, cap, b);
     REQUIRE(p != NULL && alloc_page_of(p) == a);
     REQUIRE(rotated(b));
 
