@@ -338,26 +338,57 @@ TEST(alloc_full_page_learns_about_foreign_frees)
     end_scene(in, ts);
 }
 
-/* The next block of `size` from `h`, kept in `kept`; NULL when that is full. */
-static void *keep_block(ng_mi_heap *h, size_t size, void **kept, size_t *n, size_t cap)
+/* Blocks of one size from one heap, kept (in allocation order) until the test frees them. */
+#define KEPT_MAX 4096
+typedef struct kept_blocks {
+    ng_mi_heap *heap;
+    size_t size, n;
+    void *b[KEPT_MAX];
+} kept_blocks;
+
+static kept_blocks kept;
+
+/* The next block, kept; NULL when the set is full or memory ran out. */
+static void *keep_block(kept_blocks *k)
 {
-    if (*n == cap)
+    if (k->n == KEPT_MAX)
         return NULL;
-    void *p = ng_mi_heap_malloc(h, size);
+    void *p = ng_mi_heap_malloc(k->heap, k->size);
     if (p != NULL)
-        kept[(*n)++] = p;
+        k->b[k->n++] = p;
     return p;
 }
 
-/* keep_block until a block comes from a page other than `page`: returns that block (NULL
- * when `kept` is full or memory ran out). */
-static void *keep_until_off(ng_mi_heap *h, size_t size, void **kept, size_t *n, size_t cap,
-                            const ng_mi_page *page)
+/* keep_block until a block comes from a page other than `page`: returns that block. */
+static void *keep_until_off(kept_blocks *k, const ng_mi_page *page)
 {
     void *p;
     do
-        p = keep_block(h, size, kept, n, cap);
+        p = keep_block(k);
     while (p != NULL && alloc_page_of(p) == page);
+    return p;
+}
+
+static void free_kept(kept_blocks *k)
+{
+    for (size_t i = 0; i < k->n; i++)
+        if (k->b[i] != NULL)
+            ng_mi_free(k->b[i]);
+    k->n = 0;
+}
+
+/* The scene of the rotation tests: a page `a` of 1 KiB blocks handed out entirely (so, alone
+ * in its bin, in the full queue), and the first block of the page `b` after it. */
+static void *two_pages(ng_mi_heap *h, ng_mi_page **a, ng_mi_page **b)
+{
+    kept = (kept_blocks){.heap = h, .size = 1024};
+    void *p = keep_block(&kept);
+    if (p == NULL)
+        return NULL;
+    *a = alloc_page_of(p);
+    p = keep_until_off(&kept, *a);
+    if (p != NULL)
+        *b = alloc_page_of(p);
     return p;
 }
 
@@ -366,28 +397,21 @@ static bool rotated(const ng_mi_page *page) { return page->reserved_flags & NG_M
 TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
 {
     ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
-    const size_t size = 1024;
-    size_t cap = 4096, n = 0;
-    void **kept = calloc(cap, sizeof *kept);
-    REQUIRE(kept != NULL);
 
     /* A lone page that runs out has nothing to go round to: the full queue at once. */
-    void *p = keep_block(mem, size, kept, &n, cap);
+    ng_mi_page *a, *b;
+    void *p = two_pages(mem, &a, &b);
     REQUIRE(p != NULL);
-    ng_mi_page *a = alloc_page_of(p);
-    p = keep_until_off(mem, size, kept, &n, cap, a);
-    REQUIRE(p != NULL);
-    ng_mi_page *b = alloc_page_of(p);
     CHECK(a->flags & NG_MI_PAGE_IN_FULL);
     CHECK(!rotated(a));
 
     /* One block of a comes back: a leaves the full queue for the back of the bin. Once b
      * runs out, b goes round behind a (not to the full queue) and a serves. */
-    ng_mi_free(kept[0]);
-    void *a_block = kept[0];
-    kept[0] = NULL;
+    ng_mi_free(kept.b[0]);
+    void *a_block = kept.b[0];
+    kept.b[0] = NULL;
     CHECK(!(a->flags & NG_MI_PAGE_IN_FULL));
-    p = keep_until_off(mem, size, kept, &n, cap, b);
+    p = keep_until_off(&kept, b);
     REQUIRE(p != NULL);
     CHECK_PTR_EQ(p, a_block);
     CHECK(rotated(b));
@@ -395,16 +419,16 @@ TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
     CHECK_PTR_EQ(ng_mi_heap_data_of(mem)->bins[a->bin].first, a);
 
     /* The owner's free into b takes the inline path (its flags are 0): local_free. */
-    void *b_block = kept[n - 2];
+    void *b_block = kept.b[kept.n - 2];
     REQUIRE(alloc_page_of(b_block) == b);
-    kept[n - 2] = NULL;
+    kept.b[kept.n - 2] = NULL;
     ng_mi_free(b_block);
     CHECK_PTR_EQ(b->local_free, b_block);
     CHECK_EQ(b->flags, 0);
 
     /* a runs out: round it goes, and b, come round, serves the block it got back; serving
      * clears its mark. */
-    p = keep_block(mem, size, kept, &n, cap);
+    p = keep_block(&kept);
     CHECK_PTR_EQ(p, b_block);
     CHECK(rotated(a));
     CHECK(!rotated(b));
@@ -412,16 +436,14 @@ TEST(alloc_exhausted_page_goes_round_its_bin_once_then_to_the_full_queue)
 
     /* b runs out and goes round; a, still exhausted when it comes round, goes to the full
      * queue, and so does b: a new page serves. */
-    p = keep_block(mem, size, kept, &n, cap);
+    p = keep_block(&kept);
     REQUIRE(p != NULL);
     CHECK(alloc_page_of(p) != a && alloc_page_of(p) != b);
     CHECK(a->flags & NG_MI_PAGE_IN_FULL);
     CHECK(b->flags & NG_MI_PAGE_IN_FULL);
     CHECK(!rotated(a) && !rotated(b));
 
-    for (size_t i = 0; i < n; i++)
-        ng_mi_free(kept[i]);
-    free(kept);
+    free_kept(&kept);
     end_scene(in, ts);
 }
 
@@ -432,45 +454,35 @@ TEST(alloc_rotated_page_loses_its_mark_when_the_slow_path_takes_its_frees)
      * that counts as serving, so its next exhaustion sends it round again rather than
      * straight to the full queue. */
     ALLOC_SCENE(in, ts, mem, NG_MI_HEAP_MEM);
-    const size_t size = 1024;
-    size_t cap = 4096, n = 0;
-    void **kept = calloc(cap, sizeof *kept);
-    REQUIRE(kept != NULL);
-    void *p = keep_block(mem, size, kept, &n, cap);
+    ng_mi_page *a, *b;
+    void *p = two_pages(mem, &a, &b);
     REQUIRE(p != NULL);
-    ng_mi_page *a = alloc_page_of(p);
-    p = keep_until_off(mem, size, kept, &n, cap, a);
-    REQUIRE(p != NULL);
-    ng_mi_page *b = alloc_page_of(p);
-    ng_mi_free(kept[0]); /* a leaves the full queue */
-    kept[0] = NULL;
-    p = keep_until_off(mem, size, kept, &n, cap, b);
+    ng_mi_free(kept.b[0]); /* a leaves the full queue */
+    kept.b[0] = NULL;
+    p = keep_until_off(&kept, b);
     REQUIRE(p != NULL && alloc_page_of(p) == a);
     REQUIRE(rotated(b));
 
     /* a empties and goes back to its segment: b, still marked, is the bin's first page. */
-    for (size_t i = 0; i < n; i++)
-        if (kept[i] != NULL && alloc_page_of(kept[i]) == a) {
-            ng_mi_free(kept[i]);
-            kept[i] = NULL;
+    for (size_t i = 0; i < kept.n; i++)
+        if (kept.b[i] != NULL && alloc_page_of(kept.b[i]) == a) {
+            ng_mi_free(kept.b[i]);
+            kept.b[i] = NULL;
         }
     REQUIRE(ng_mi_heap_data_of(mem)->bins[b->bin].first == b);
     void *back = NULL;
-    for (size_t i = n; back == NULL && i-- > 0;)
-        if (kept[i] != NULL && alloc_page_of(kept[i]) == b) {
-            back = kept[i];
-            kept[i] = NULL;
+    for (size_t i = kept.n; back == NULL && i-- > 0;)
+        if (kept.b[i] != NULL && alloc_page_of(kept.b[i]) == b) {
+            back = kept.b[i];
+            kept.b[i] = NULL;
         }
     REQUIRE(back != NULL);
     ng_mi_free(back);
-    p = keep_block(mem, size, kept, &n, cap);
+    p = keep_block(&kept);
     CHECK_PTR_EQ(p, back);
     CHECK(!rotated(b));
 
-    for (size_t i = 0; i < n; i++)
-        if (kept[i] != NULL)
-            ng_mi_free(kept[i]);
-    free(kept);
+    free_kept(&kept);
     end_scene(in, ts);
 }
 
